@@ -1,0 +1,66 @@
+"""tokenskim models: token skimming, learned token pruning and early exit for BERT/RoBERTa.
+
+Every class here loads any BERT/RoBERTa checkpoint with `from_pretrained`, and checkpoints saved by
+these classes load back with `AutoModel*.from_pretrained(path, trust_remote_code=True)`, also where
+tokenskim is not installed.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+from .engine import (
+    EncoderResult,
+    SkimEncoder,
+    SkimForQuestionAnswering,
+    SkimForSequenceClassification,
+    SkimForTokenClassification,
+    SkimModel,
+    SkimModelOutput,
+    SkimPreTrainedModel,
+    TokenSelector,
+    keep_ratio_loss,
+)
+from .flops import dense_flops, encoder_flops, flops_ratio, kept_token_ratio
+from .transkimmer import (
+    TranskimmerBertConfig,
+    TranskimmerBertForQuestionAnswering,
+    TranskimmerBertForSequenceClassification,
+    TranskimmerBertForTokenClassification,
+    TranskimmerBertModel,
+    TranskimmerRobertaConfig,
+    TranskimmerRobertaForQuestionAnswering,
+    TranskimmerRobertaForSequenceClassification,
+    TranskimmerRobertaForTokenClassification,
+    TranskimmerRobertaModel,
+    TranskimmerSelector,
+)
+
+_AUTO = {
+    "Model": AutoModel,
+    "ForSequenceClassification": AutoModelForSequenceClassification,
+    "ForQuestionAnswering": AutoModelForQuestionAnswering,
+    "ForTokenClassification": AutoModelForTokenClassification,
+}
+
+
+def _register_locally(config_class, *model_classes):
+    """With tokenskim installed, Auto classes work without trust_remote_code too."""
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    for cls in model_classes:
+        auto = next(a for suffix, a in _AUTO.items() if cls.__name__.endswith(suffix))
+        auto.register(config_class, cls, exist_ok=True)
+
+
+_register_locally(
+    TranskimmerBertConfig, TranskimmerBertModel, TranskimmerBertForSequenceClassification,
+    TranskimmerBertForQuestionAnswering, TranskimmerBertForTokenClassification,
+)
+_register_locally(
+    TranskimmerRobertaConfig, TranskimmerRobertaModel, TranskimmerRobertaForSequenceClassification,
+    TranskimmerRobertaForQuestionAnswering, TranskimmerRobertaForTokenClassification,
+)

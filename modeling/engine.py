@@ -1,0 +1,577 @@
+"""The shared encoder engine and the generic models every method family builds on.
+
+One encoder loop runs the stock BERT/RoBERTa layers (same modules, same parameter names, so any
+checkpoint loads) and asks a *token selector* which tokens stay and, optionally, an *exit function*
+which sequences stop. Two execution modes share the layers:
+
+- inference (`model.eval()`): decisions are hard and deterministic; the batch is packed into a
+  `[total_tokens, hidden]` matrix, dropped tokens are physically removed, and attention runs per
+  sequence. A dropped token's last hidden state is written to its original output position.
+- training: the batch stays padded `[batch, seq, hidden]`; decisions are soft or straight-through
+  masks that weight the attention keys (a masked softmax, renormalised) and gate the residual stream
+  (`x = m * layer(x) + (1 - m) * x`), so gradients reach the selector.
+
+A method family is a selector (`TokenSelector` subclass) plus its loss; see `transkimmer.py`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from transformers import PreTrainedModel, RobertaConfig
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer, BertPooler
+from transformers.models.roberta.modeling_roberta import RobertaClassificationHead, RobertaEmbeddings
+
+from .packing import (
+    first_rows,
+    keep_rows,
+    lengths_to_cu,
+    row_to_sequence,
+    unpad,
+    varlen_attention,
+    varlen_attention_with_received,
+)
+
+from transformers import initialization as init  # leaves weights loaded by from_pretrained alone
+
+
+class TokenSelector(nn.Module):
+    """Decides which tokens stay. The default keeps every token.
+
+    `hard=True` (inference) must return a bool keep mask; `hard=False` (training) a float gate in
+    [0, 1] that carries gradients (straight-through or soft). The engine always keeps CLS, never
+    scores padding, and makes decisions cumulative: a dropped token never comes back.
+    `loss_weight` scales `loss()` in the model's total loss.
+    """
+
+    loss_weight = 0.0
+
+    def before_layer(self, layer_idx: int, hidden: torch.Tensor, hard: bool):
+        """Gate for the tokens about to enter layer `layer_idx`. hidden: `[..., hidden]` -> `[...]`, or None."""
+        return None
+
+    def needs_received_attention(self, layer_idx: int) -> bool:
+        """Whether `after_attention` of this layer needs the attention each token receives."""
+        return False
+
+    def after_attention(self, layer_idx: int, received: torch.Tensor, hard: bool):
+        """Gate after the attention of layer `layer_idx`, from the attention received `[...]`, or None."""
+        return None
+
+    def loss(self, masks: list, real: torch.Tensor):
+        """Auxiliary loss from the per-layer keep masks (training mode), or None."""
+        return None
+
+
+@dataclass
+class EncoderResult(ModelOutput):
+    """What the encoder loop returns.
+
+    last_hidden_state: `[batch, seq, hidden]`, each token's state from the last layer it took part in.
+    kept_tokens: `[batch, layers]` real tokens that entered each layer's attention.
+    ffn_tokens: `[batch, layers]` real tokens that went through each layer's feed-forward block.
+    exit_layer: `[batch]` number of layers each sequence ran (all of them without early exit).
+    exit_logits: `[batch, labels]` logits of the sequences that exited early (other rows undefined).
+    masks: training mode only, per layer `[batch, seq]` cumulative keep masks (after the layer's decisions).
+    layer_cls: training mode with `return_layer_cls`, `[layers, batch, hidden]` CLS state after each layer.
+    """
+
+    last_hidden_state: torch.Tensor = None
+    kept_tokens: torch.Tensor = None
+    ffn_tokens: torch.Tensor = None
+    exit_layer: torch.Tensor = None
+    exit_logits: torch.Tensor = None
+    masks: list = None
+    layer_cls: torch.Tensor = None
+
+
+def _split_heads(x, sa):
+    return x.view(*x.shape[:-1], sa.num_attention_heads, sa.attention_head_size)
+
+
+class SkimEncoder(nn.Module):
+    """The stock encoder layers (`encoder.layer.N`) run by a loop that can drop tokens and sequences."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList([BertLayer(config, layer_idx=i) for i in range(config.num_hidden_layers)])
+
+    def forward(self, hidden, real, selector, exit_fn=None, return_layer_cls=False):
+        if self.training:
+            return self.forward_masked(hidden, real, selector, return_layer_cls)
+        return self.forward_packed(hidden, real, selector, exit_fn)
+
+    def forward_packed(self, hidden, real, selector, exit_fn=None):
+        """Inference: hard decisions, physical removal. hidden `[B, S, H]`, real `[B, S]` bool."""
+        batch, seq, _ = hidden.shape
+        num_layers = len(self.layer)
+        x, index, cu, lengths = unpad(hidden, real)
+        out = hidden.new_zeros(batch * seq, hidden.shape[-1])
+        alive = torch.arange(batch, device=hidden.device)  # batch index of each packed sequence
+        kept = torch.zeros(batch, num_layers, dtype=torch.long, device=hidden.device)
+        ffn = torch.zeros_like(kept)
+        exit_layer = torch.full((batch,), num_layers, dtype=torch.long, device=hidden.device)
+        exit_logits = None
+
+        def drop(x, keep, extra=None):
+            """Forwards the rows not kept to the output, and packs the rest."""
+            nonlocal index, cu, lengths
+            keep[first_rows(cu)] = True  # CLS always stays
+            out.index_copy_(0, index[~keep], x[~keep])
+            rows, lens = keep_rows(keep, row_to_sequence(torch.as_tensor(lengths, device=x.device)), len(lengths))
+            index, cu, lengths = index[rows], lengths_to_cu(lens), lens.tolist()
+            return x[rows], (extra[rows] if extra is not None else None)
+
+        for i, layer in enumerate(self.layer):
+            keep = selector.before_layer(i, x, hard=True)
+            if keep is not None:
+                x, _ = drop(x, keep)
+            kept[alive, i] = torch.as_tensor(lengths, device=x.device)
+
+            sa = layer.attention.self
+            q, k, v = (_split_heads(proj(x), sa) for proj in (sa.query, sa.key, sa.value))
+            if selector.needs_received_attention(i):
+                ctx, received = varlen_attention_with_received(q, k, v, lengths)
+            else:
+                ctx, received = varlen_attention(q, k, v, cu, lengths), None
+            attn = layer.attention.output(ctx.flatten(1), x)
+
+            keep = selector.after_attention(i, received, hard=True) if received is not None else None
+            if keep is not None:
+                x, attn = drop(x, keep, attn)  # a token pruned here forwards its input state
+            ffn[alive, i] = torch.as_tensor(lengths, device=x.device)
+            x = layer.output(layer.intermediate(attn), attn)
+
+            if exit_fn is not None and i < num_layers - 1:
+                stop, logits = exit_fn(i, x[first_rows(cu)])
+                if stop.any():
+                    if exit_logits is None:
+                        exit_logits = logits.new_zeros(batch, logits.shape[-1])
+                    exit_logits[alive[stop]] = logits[stop]
+                    exit_layer[alive[stop]] = i + 1
+                    row_stop = stop[row_to_sequence(torch.as_tensor(lengths, device=x.device))]
+                    out.index_copy_(0, index[row_stop], x[row_stop])
+                    rows = (~row_stop).nonzero().squeeze(1)
+                    lens = torch.as_tensor(lengths, device=x.device)[~stop].to(torch.int32)
+                    x, index, cu, lengths, alive = x[rows], index[rows], lengths_to_cu(lens), lens.tolist(), alive[~stop]
+                    if not lengths:
+                        break
+
+        out.index_copy_(0, index, x)
+        return EncoderResult(
+            last_hidden_state=out.view(batch, seq, -1),
+            kept_tokens=kept,
+            ffn_tokens=ffn,
+            exit_layer=exit_layer,
+            exit_logits=exit_logits,
+        )
+
+    def forward_masked(self, hidden, real, selector, return_layer_cls=False):
+        """Training: soft/straight-through decisions as masks on a padded batch."""
+        batch, seq, _ = hidden.shape
+        x = hidden
+        realf = real.to(hidden.dtype)
+        cls = F.one_hot(real.to(torch.int8).argmax(1), seq).to(hidden.dtype)  # first real token of each row
+        m = realf  # cumulative keep mask, [B, S]
+        masks, kept, ffn, layer_cls = [], [], [], []
+
+        def gate(m, g):
+            if g is None:
+                return m
+            g = torch.maximum(g.to(m.dtype), cls)  # CLS always stays
+            return m * g
+
+        for i, layer in enumerate(self.layer):
+            m = gate(m, selector.before_layer(i, x, hard=False))
+            kept.append((m > 0.5).sum(1))
+
+            sa = layer.attention.self
+            q, k, v = (_split_heads(proj(x), sa).transpose(1, 2) for proj in (sa.query, sa.key, sa.value))
+            ctx, received = _masked_attention(q, k, v, real, m, sa.dropout.p if self.training else 0.0,
+                                              need_received=selector.needs_received_attention(i))
+            attn = layer.attention.output(ctx.transpose(1, 2).flatten(2), x)
+
+            m = gate(m, selector.after_attention(i, received, hard=False) if received is not None else None)
+            ffn.append((m > 0.5).sum(1))
+            y = layer.output(layer.intermediate(attn), attn)
+            w = m.unsqueeze(-1)
+            x = y if m is realf else w * y + (1 - w) * x  # dropped tokens keep their last state
+            masks.append(m)
+            if return_layer_cls:
+                layer_cls.append(x[:, 0])
+
+        return EncoderResult(
+            last_hidden_state=x,
+            kept_tokens=torch.stack(kept, 1),
+            ffn_tokens=torch.stack(ffn, 1),
+            exit_layer=torch.full((batch,), len(self.layer), dtype=torch.long, device=x.device),
+            masks=masks,
+            layer_cls=torch.stack(layer_cls) if return_layer_cls else None,
+        )
+
+
+def _masked_attention(q, k, v, real, m, dropout_p, need_received=False):
+    """Attention over a padded batch whose keys are weighted by the keep mask m `[B, S]`.
+
+    Padding is excluded with -inf; kept/dropped tokens by renormalising `p_j * m_j`, which is a masked
+    softmax that stays differentiable in m (the reference Transkimmer code multiplied after softmax
+    without renormalising). q, k, v: `[B, heads, S, d]`. Returns context `[B, heads, S, d]` and, if
+    asked, the attention each token receives, averaged over heads and kept query rows, `[B, S]`.
+    """
+    pad = ~real[:, None, None, :]
+    if not need_received and not m.requires_grad and torch.equal(m, real.to(m.dtype)):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=~pad, dropout_p=dropout_p), None
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    probs = torch.softmax(scores.masked_fill(pad, float("-inf")), dim=-1) * m[:, None, None, :].float()
+    probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-9)
+    received = None
+    if need_received:
+        rows = m.float()[:, None, :, None]  # kept query rows count, dropped and padding rows do not
+        received = (probs * rows).sum((1, 2)) / (rows.sum((1, 2)) * probs.shape[1]).clamp_min(1e-9)
+    probs = F.dropout(probs, dropout_p, training=dropout_p > 0).to(v.dtype)
+    return probs @ v, received
+
+
+def keep_ratio_loss(masks, real):
+    """Mean over layers and examples of (kept real tokens / real tokens). Padding never counts.
+
+    masks: list of `[B, S]` keep masks (one per layer); real: `[B, S]` bool.
+    """
+    realf = real.to(masks[0].dtype)
+    per_layer = torch.stack([(m * realf).sum(1) for m in masks]) / realf.sum(1)  # [L, B]
+    return per_layer.mean()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models
+
+
+@dataclass
+class SkimModelOutput(ModelOutput):
+    """Base model output. `last_hidden_state` is full length `[batch, seq, hidden]`; `kept_tokens`
+    and `ffn_tokens` `[batch, layers]`; `skim_loss` a scalar in training mode (None otherwise)."""
+
+    last_hidden_state: torch.Tensor = None
+    pooler_output: torch.Tensor = None
+    skim_loss: torch.Tensor = None
+    kept_tokens: torch.Tensor = None
+    ffn_tokens: torch.Tensor = None
+    exit_layer: torch.Tensor = None
+    exit_logits: torch.Tensor = None
+    layer_cls: torch.Tensor = None
+
+
+@dataclass
+class SkimSequenceClassifierOutput(ModelOutput):
+    """`loss` = task loss + the method's weighted auxiliary loss; `logits` `[batch, labels]`."""
+
+    loss: torch.Tensor = None
+    logits: torch.Tensor = None
+    skim_loss: torch.Tensor = None
+    kept_tokens: torch.Tensor = None
+    ffn_tokens: torch.Tensor = None
+    exit_layer: torch.Tensor = None
+
+
+@dataclass
+class SkimQuestionAnsweringOutput(ModelOutput):
+    loss: torch.Tensor = None
+    start_logits: torch.Tensor = None
+    end_logits: torch.Tensor = None
+    skim_loss: torch.Tensor = None
+    kept_tokens: torch.Tensor = None
+    ffn_tokens: torch.Tensor = None
+
+
+@dataclass
+class SkimTokenClassifierOutput(ModelOutput):
+    loss: torch.Tensor = None
+    logits: torch.Tensor = None
+    skim_loss: torch.Tensor = None
+    kept_tokens: torch.Tensor = None
+    ffn_tokens: torch.Tensor = None
+
+
+def is_roberta(config) -> bool:
+    return isinstance(config, RobertaConfig)
+
+
+class SkimPreTrainedModel(PreTrainedModel):
+    """Weight init, Hub plumbing and the selector factory shared by every tokenskim model.
+
+    A family subclass sets `config_class`, `base_model_prefix` ("bert" or "roberta"), `selector_class`
+    and, through `register_family`, the auto classes its checkpoints map to.
+    """
+
+    selector_class = TokenSelector
+    supports_gradient_checkpointing = False
+    accepts_loss_kwargs = False  # our loss is a mean; Trainer must not rescale it
+    _family_auto_map: dict = {}
+
+    def __init__(self, config, *args, **kwargs):
+        if config.hidden_size % config.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({config.hidden_size}) is not a multiple of num_attention_heads "
+                f"({config.num_attention_heads})"
+            )
+        config.model_type = type(config).model_type  # a plain BERT config loaded into our class
+        config.auto_map = dict(self._family_auto_map)
+        super().__init__(config, *args, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, (BertEmbeddings, RobertaEmbeddings)):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+            init.zeros_(module.token_type_ids)
+        # the hook sits on the module that owns the parameters: custom-code init skips param-less modules
+        if hasattr(module, "init_skim_weights"):
+            module.init_skim_weights(init)
+
+    @property
+    def skim_model(self):
+        return getattr(self, self.base_model_prefix)
+
+    def _total_loss(self, task_loss, skim_loss):
+        if task_loss is None or skim_loss is None:
+            return task_loss
+        return task_loss + self.skim_model.selector.loss_weight * skim_loss
+
+
+class SkimModel(SkimPreTrainedModel):
+    """Embeddings + the skimming encoder (+ pooler): the base model of every family.
+
+    Input validation happens here: an empty batch, sequences longer than `max_position_embeddings`,
+    rows without any real token, and padding without an attention mask are errors.
+    `attention_mask=None` means every token is real, as in `transformers`.
+    """
+
+    def __init__(self, config, add_pooling_layer=True):
+        super().__init__(config)
+        self.embeddings = (RobertaEmbeddings if is_roberta(config) else BertEmbeddings)(config)
+        self.encoder = SkimEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.selector = self.selector_class(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def _real_tokens(self, input_ids, attention_mask, inputs_embeds):
+        ref = input_ids if input_ids is not None else inputs_embeds
+        if ref is None:
+            raise ValueError("pass input_ids or inputs_embeds")
+        batch, seq = ref.shape[:2]
+        if batch == 0 or seq == 0:
+            raise ValueError(f"empty batch: input of shape {tuple(ref.shape)}")
+        limit = self.config.max_position_embeddings - (self.config.pad_token_id + 1 if is_roberta(self.config) else 0)
+        if seq > limit:
+            raise ValueError(f"sequence length {seq} exceeds this model's maximum of {limit} positions; truncate the input")
+        if attention_mask is None:
+            pad_id = self.config.pad_token_id
+            if input_ids is not None and pad_id is not None and bool((input_ids[:, 1:] == pad_id).any()):
+                raise ValueError(
+                    "input_ids contain padding tokens but no attention_mask was given; pass the tokenizer's attention_mask"
+                )
+            return torch.ones(batch, seq, dtype=torch.bool, device=ref.device)
+        real = attention_mask.bool()
+        if not bool(real.any(1).all()):
+            raise ValueError("every sequence needs at least one real token (a row of attention_mask is all zeros)")
+        return real
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        exit_fn=None,
+        return_layer_cls=False,
+        output_attentions=False,
+        output_hidden_states=False,
+        return_dict=True,
+        **kwargs,
+    ) -> SkimModelOutput:
+        if output_attentions or output_hidden_states:
+            raise ValueError("tokenskim models do not return per-layer attentions or hidden states")
+        real = self._real_tokens(input_ids, attention_mask, inputs_embeds)
+        hidden = self.embeddings(
+            input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
+        )
+        enc = self.encoder(hidden, real, self.selector, exit_fn=exit_fn, return_layer_cls=return_layer_cls)
+        pooled = self.pooler(enc.last_hidden_state) if self.pooler is not None else None
+        skim_loss = self.selector.loss(enc.masks, real) if enc.masks is not None else None
+        return SkimModelOutput(
+            last_hidden_state=enc.last_hidden_state,
+            pooler_output=pooled,
+            skim_loss=skim_loss,
+            kept_tokens=enc.kept_tokens,
+            ffn_tokens=enc.ffn_tokens,
+            exit_layer=enc.exit_layer,
+            exit_logits=enc.exit_logits,
+            layer_cls=enc.layer_cls,
+        )
+
+
+def _base_model_kwargs(kwargs):
+    keys = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
+    return {k: kwargs[k] for k in keys if kwargs.get(k) is not None}
+
+
+class SkimForSequenceClassification(SkimPreTrainedModel):
+    """Sequence classification (or regression when `num_labels == 1`) on the CLS token.
+
+    BERT: pooler -> dropout -> `classifier`; RoBERTa: `classifier.dense/out_proj` on CLS, as in
+    `transformers`, so fine-tuned checkpoints of either load.
+    """
+
+    base_model_class = SkimModel
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        roberta = is_roberta(config)
+        setattr(self, self.base_model_prefix, self.base_model_class(config, add_pooling_layer=not roberta))
+        if roberta:
+            self.classifier = RobertaClassificationHead(config)
+        else:
+            dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+            self.dropout = nn.Dropout(dropout)
+            self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def classify(self, hidden_states, pooled):
+        """Logits `[batch, labels]` from the final states `[batch, seq, hidden]` (or the pooled CLS)."""
+        if is_roberta(self.config):
+            return self.classifier(hidden_states)
+        return self.classifier(self.dropout(pooled))
+
+    def task_loss(self, logits, labels):
+        if labels is None:
+            return None
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        if self.config.problem_type == "regression":
+            return MSELoss()(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype)) if self.num_labels == 1 else MSELoss()(logits, labels)
+        if self.config.problem_type == "single_label_classification":
+            return CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+        return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, return_dict=True, **kwargs) -> SkimSequenceClassifierOutput:
+        out = self.skim_model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs,
+        )
+        logits = self.classify(out.last_hidden_state, out.pooler_output)
+        return SkimSequenceClassifierOutput(
+            loss=self._total_loss(self.task_loss(logits, labels), out.skim_loss),
+            logits=logits,
+            skim_loss=out.skim_loss,
+            kept_tokens=out.kept_tokens,
+            ffn_tokens=out.ffn_tokens,
+            exit_layer=out.exit_layer,
+        )
+
+
+class SkimForQuestionAnswering(SkimPreTrainedModel):
+    """Extractive QA: `qa_outputs` on every position's final state (forwarded for skimmed tokens)."""
+
+    base_model_class = SkimModel
+
+    def __init__(self, config):
+        super().__init__(config)
+        setattr(self, self.base_model_prefix, self.base_model_class(config, add_pooling_layer=False))
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, return_dict=True,
+                **kwargs) -> SkimQuestionAnsweringOutput:
+        out = self.skim_model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs,
+        )
+        start_logits, end_logits = self.qa_outputs(out.last_hidden_state).unbind(-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            seq = start_logits.shape[1]
+            ce = CrossEntropyLoss(ignore_index=seq)
+            loss = (ce(start_logits, start_positions.clamp(0, seq)) + ce(end_logits, end_positions.clamp(0, seq))) / 2
+        return SkimQuestionAnsweringOutput(
+            loss=self._total_loss(loss, out.skim_loss),
+            start_logits=start_logits.contiguous(),
+            end_logits=end_logits.contiguous(),
+            skim_loss=out.skim_loss,
+            kept_tokens=out.kept_tokens,
+            ffn_tokens=out.ffn_tokens,
+        )
+
+
+class SkimForTokenClassification(SkimPreTrainedModel):
+    """Token classification (NER, POS): `classifier` on every position's final state."""
+
+    base_model_class = SkimModel
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        setattr(self, self.base_model_prefix, self.base_model_class(config, add_pooling_layer=False))
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, return_dict=True, **kwargs) -> SkimTokenClassifierOutput:
+        out = self.skim_model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs,
+        )
+        logits = self.classifier(self.dropout(out.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
+        return SkimTokenClassifierOutput(
+            loss=self._total_loss(loss, out.skim_loss),
+            logits=logits,
+            skim_loss=out.skim_loss,
+            kept_tokens=out.kept_tokens,
+            ffn_tokens=out.ffn_tokens,
+        )
+
+
+AUTO_CLASS_OF_HEAD = {
+    "Model": "AutoModel",
+    "ForSequenceClassification": "AutoModelForSequenceClassification",
+    "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+    "ForTokenClassification": "AutoModelForTokenClassification",
+}
+
+
+def register_family(config_class, model_classes):
+    """Registers a family's classes for their Auto classes, so `save_pretrained` writes an `auto_map`
+    with AutoConfig, AutoModel and every head, and the checkpoint loads with `trust_remote_code=True`.
+
+    model_classes: the family's classes for one backbone, named `...Model` / `...For<Head>`.
+    """
+    config_class.register_for_auto_class("AutoConfig")
+    auto_map = {"AutoConfig": f"{config_class.__module__.split('.')[-1]}.{config_class.__name__}"}
+    for cls in model_classes:
+        auto = next(a for suffix, a in AUTO_CLASS_OF_HEAD.items() if cls.__name__.endswith(suffix))
+        cls.register_for_auto_class(auto)
+        auto_map[auto] = f"{cls.__module__.split('.')[-1]}.{cls.__name__}"
+    for cls in model_classes:
+        cls._family_auto_map = auto_map
