@@ -1,0 +1,1 @@
+"""tokenskim training, evaluation and benchmarking: Trainer subclasses, data, metrics, command line."""
