@@ -65,6 +65,10 @@ class TokenSelector(nn.Module):
         """Auxiliary loss from the per-layer keep masks (training mode), or None."""
         return None
 
+    def macs_per_token(self) -> int:
+        """The selector's own cost per scored token and layer, for `flops.encoder_flops`."""
+        return 0
+
 
 @dataclass
 class EncoderResult(ModelOutput):

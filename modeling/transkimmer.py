@@ -109,6 +109,12 @@ class TranskimmerSelector(TokenSelector):
     def loss(self, masks, real):
         return keep_ratio_loss(masks, real) if self.enabled else None
 
+    def macs_per_token(self):
+        if not self.enabled:
+            return 0
+        d = self.predictors[0][1].in_features
+        return d * d + 2 * d  # the two Linear layers of the predictor
+
 
 class TranskimmerBertModel(SkimModel):
     config_class = TranskimmerBertConfig
