@@ -498,7 +498,7 @@ class SkimForQuestionAnswering(SkimPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
         setattr(self, self.base_model_prefix, self.base_model_class(config, add_pooling_layer=False))
-        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)  # num_labels = 2, as in transformers
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -508,7 +508,7 @@ class SkimForQuestionAnswering(SkimPreTrainedModel):
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs,
         )
-        start_logits, end_logits = self.qa_outputs(out.last_hidden_state).unbind(-1)
+        start_logits, end_logits = (x.squeeze(-1) for x in self.qa_outputs(out.last_hidden_state).split(1, dim=-1))
         loss = None
         if start_positions is not None and end_positions is not None:
             seq = start_logits.shape[1]
