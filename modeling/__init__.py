@@ -25,7 +25,47 @@ from .engine import (
     TokenSelector,
     keep_ratio_loss,
 )
+from .early_exit import (
+    EarlyExitBertConfig,
+    EarlyExitBertForSequenceClassification,
+    EarlyExitBertModel,
+    EarlyExitRobertaConfig,
+    EarlyExitRobertaForSequenceClassification,
+    EarlyExitRobertaModel,
+    ExitDecision,
+    ExitHead,
+    ExitHeads,
+    SkimForSequenceClassificationWithExits,
+    exit_counts,
+    exit_head_macs,
+    normalized_entropy,
+    self_distillation_loss,
+)
 from .flops import dense_flops, encoder_flops, flops_ratio, kept_token_ratio
+from .ltp import (
+    LTPBertConfig,
+    LTPBertForQuestionAnswering,
+    LTPBertForSequenceClassification,
+    LTPBertForTokenClassification,
+    LTPBertModel,
+    LTPRobertaConfig,
+    LTPRobertaForQuestionAnswering,
+    LTPRobertaForSequenceClassification,
+    LTPRobertaForTokenClassification,
+    LTPRobertaModel,
+    LTPSelector,
+    ltp_parameter_groups,
+    threshold_parameters,
+)
+from .magic_pyramid import (
+    MagicPyramidBert,
+    MagicPyramidBertConfig,
+    MagicPyramidBertForSequenceClassification,
+    MagicPyramidBertModel,
+    MagicPyramidRobertaConfig,
+    MagicPyramidRobertaForSequenceClassification,
+    MagicPyramidRobertaModel,
+)
 from .transkimmer import (
     TranskimmerBertConfig,
     TranskimmerBertForQuestionAnswering,
@@ -64,3 +104,17 @@ _register_locally(
     TranskimmerRobertaConfig, TranskimmerRobertaModel, TranskimmerRobertaForSequenceClassification,
     TranskimmerRobertaForQuestionAnswering, TranskimmerRobertaForTokenClassification,
 )
+
+# LTP, early exit and Magic Pyramid (issue 5)
+_register_locally(
+    LTPBertConfig, LTPBertModel, LTPBertForSequenceClassification, LTPBertForQuestionAnswering,
+    LTPBertForTokenClassification,
+)
+_register_locally(
+    LTPRobertaConfig, LTPRobertaModel, LTPRobertaForSequenceClassification, LTPRobertaForQuestionAnswering,
+    LTPRobertaForTokenClassification,
+)
+_register_locally(EarlyExitBertConfig, EarlyExitBertModel, EarlyExitBertForSequenceClassification)
+_register_locally(EarlyExitRobertaConfig, EarlyExitRobertaModel, EarlyExitRobertaForSequenceClassification)
+_register_locally(MagicPyramidBertConfig, MagicPyramidBertModel, MagicPyramidBertForSequenceClassification)
+_register_locally(MagicPyramidRobertaConfig, MagicPyramidRobertaModel, MagicPyramidRobertaForSequenceClassification)

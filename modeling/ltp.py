@@ -1,0 +1,247 @@
+"""Learned Token Pruning (Kim et al., KDD 2022): after each layer's attention, a token whose received
+attention falls below a learned per-layer threshold leaves the encoder.
+
+Importance of token j at layer l is the attention it receives, `s_j = mean_h mean_i A[h, i, j]`, averaged
+over heads and over the *real, still kept* query rows (the engine computes it; attention probabilities are
+materialised only in layers that can prune). Layer l (0-based) prunes below
+
+    theta_l = theta_L * l / L + offset_l
+
+with `offset_l` a learnable scalar that starts at 0, so layer 0 never prunes (as in the reference code).
+
+Stages (`config.pruning_stage`, training mode only; inference is always hard):
+- "soft": gate `sigmoid((s - theta_l) / T)`; the engine turns it into key weights and residual gating,
+  and the loss adds `lambda * sum_l mean(M_l over real tokens)` so gradients reach the thresholds;
+- "hard": binary gate `s >= theta_l`, thresholds frozen (no gradient reaches them), the encoder is
+  fine-tuned under the pruning it will see at inference.
+
+Differences from the public reference code, on purpose:
+- received attention is averaged over real query rows, not over the padded length, so padding changes
+  no decision and a sequence is pruned the same way alone or in any batch;
+- masks are cumulative and act on the attention keys (masked softmax) and the residual stream, as in the
+  engine, instead of multiplying only the layer output (reference soft stage) or adding -10000 to the
+  attention mask (reference hard stage); a pruned token keeps its last state (forwarding);
+- the hard stage passes no straight-through gradient: with T ~ 1e-3 a straight-through estimator would
+  feed gradients scaled by 1/T into the attention scores; the reference also trains the hard stage without one;
+- tokens are physically removed from batches of any size at inference, and the L1 term counts real tokens only.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import BertConfig, RobertaConfig
+
+from .engine import (
+    SkimForQuestionAnswering,
+    SkimForSequenceClassification,
+    SkimForTokenClassification,
+    SkimModel,
+    TokenSelector,
+    keep_ratio_loss,
+    register_family,
+)
+
+PRUNING_STAGES = ("soft", "hard")
+
+
+@dataclass
+class LTPFields:
+    r"""LTP's configuration fields, shared by every config that prunes with `LTPSelector`.
+
+    skim_enabled: False runs the same engine with every token kept (no attention probabilities computed).
+    final_threshold: theta_L, the threshold of the last layer; layer l (0-based) uses theta_L * l / L
+        plus its learned offset. The paper searches 0.01..0.08.
+    temperature: T of the soft-stage gate sigmoid((s - theta) / T).
+    skim_coefficient: lambda of `loss = task_loss + lambda * sum_l mean(M_l)` (soft stage).
+    pruning_stage: "soft" or "hard"; which gate training uses. Inference is always hard.
+    """
+
+    skim_enabled: bool = True
+    final_threshold: float | int = 0.01
+    temperature: float | int = 1e-3
+    skim_coefficient: float | int = 0.1
+    pruning_stage: str = "soft"
+
+
+@strict
+class LTPBertConfig(BertConfig, LTPFields):
+    r"""BERT configuration plus Learned Token Pruning's fields (see `LTPFields`)."""
+
+    model_type = "ltp-bert"
+
+
+@strict
+class LTPRobertaConfig(RobertaConfig, LTPFields):
+    r"""RoBERTa configuration plus Learned Token Pruning's fields (see `LTPFields`)."""
+
+    model_type = "ltp-roberta"
+
+
+def base_thresholds(final_threshold: float, num_layers: int) -> torch.Tensor:
+    """theta_L * l / L for l = 0..L-1: `[layers]` float32 (0 for the first layer)."""
+    return final_threshold * torch.arange(num_layers, dtype=torch.float32) / num_layers
+
+
+def soft_gate(received: torch.Tensor, threshold: torch.Tensor, temperature: float) -> torch.Tensor:
+    """sigmoid((s - theta) / T): the soft-stage keep gate, differentiable in s and theta. `[...]` -> `[...]`."""
+    return torch.sigmoid((received - threshold) / temperature)
+
+
+def hard_keep(received: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """s >= theta: the binary keep decision. `[...]` -> `[...]` bool."""
+    return received >= threshold
+
+
+class LTPSelector(TokenSelector):
+    """Threshold pruning on the attention each token receives (see the module docstring).
+
+    Reads its settings from the live config, so `model.config.final_threshold = ...`,
+    `model.config.pruning_stage = "hard"` or `model.config.skim_enabled = False` take effect at once.
+    Parameters: `threshold_offsets` `[layers]`, one learnable offset per layer.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.num_layers = config.num_hidden_layers
+        self.threshold_offsets = nn.Parameter(torch.zeros(config.num_hidden_layers))
+
+    def init_skim_weights(self, init):
+        init.zeros_(self.threshold_offsets)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config.skim_enabled)
+
+    @property
+    def stage(self) -> str:
+        stage = self.config.pruning_stage
+        if stage not in PRUNING_STAGES:
+            raise ValueError(f"pruning_stage must be one of {PRUNING_STAGES}, got {stage!r}")
+        return stage
+
+    @property
+    def loss_weight(self) -> float:
+        return float(self.config.skim_coefficient)
+
+    def thresholds(self) -> torch.Tensor:
+        """theta_l for every layer, `[layers]` float32 (carries gradients to `threshold_offsets`)."""
+        base = base_thresholds(float(self.config.final_threshold), self.num_layers)
+        return base.to(self.threshold_offsets.device) + self.threshold_offsets.float()
+
+    def needs_received_attention(self, layer_idx):
+        if not self.enabled or float(self.config.final_threshold) * layer_idx <= 0:
+            return False  # layer 0 (and theta_L <= 0) never prunes: no attention probabilities needed
+        if self.training and self.stage == "soft":
+            return True  # a negative threshold still gets a gradient, so it can come back
+        return float(self.thresholds()[layer_idx].detach()) > 0  # hard: s >= theta <= 0 keeps every token
+
+    def after_attention(self, layer_idx, received, hard):
+        """received `[...]` float32 -> bool keep (hard) or float gate in [0, 1] (training)."""
+        theta = self.thresholds()[layer_idx]
+        if hard:
+            return hard_keep(received, theta)
+        if self.stage == "soft":
+            return soft_gate(received, theta, float(self.config.temperature))
+        return hard_keep(received, theta.detach()).to(received.dtype)
+
+    def loss(self, masks, real):
+        """Soft stage: sum over layers of the mean keep mask over real tokens (LTP's L1 term); else None.
+
+        `keep_ratio_loss` is that mean over layers, so it is scaled by the number of layers.
+        """
+        if not self.enabled or self.stage != "soft":
+            return None
+        return keep_ratio_loss(masks, real) * len(masks)
+
+
+def threshold_parameters(model: nn.Module) -> list:
+    """The learnable threshold offsets of every `LTPSelector` in `model`."""
+    return [m.threshold_offsets for m in model.modules() if isinstance(m, LTPSelector)]
+
+
+def ltp_parameter_groups(model: nn.Module, lr: float, threshold_lr: float, weight_decay: float = 0.0) -> list:
+    """Optimizer groups with the thresholds in their own group (own learning rate, no weight decay).
+
+    Biases and LayerNorm weights get no weight decay, as in `transformers.Trainer`. Every trainable
+    parameter appears in exactly one group; frozen ones are left out. Usage:
+    `torch.optim.AdamW(ltp_parameter_groups(model, 2e-5, 1e-3, 0.01))`.
+    """
+    thresholds = {id(p) for p in threshold_parameters(model)}
+    decay, no_decay, thr = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if id(p) in thresholds:
+            thr.append(p)
+        elif name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [
+        {"params": decay, "lr": lr, "weight_decay": weight_decay},
+        {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+        {"params": thr, "lr": threshold_lr, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+class LTPBertModel(SkimModel):
+    config_class = LTPBertConfig
+    base_model_prefix = "bert"
+    selector_class = LTPSelector
+
+
+class LTPBertForSequenceClassification(SkimForSequenceClassification):
+    config_class = LTPBertConfig
+    base_model_prefix = "bert"
+    base_model_class = LTPBertModel
+
+
+class LTPBertForQuestionAnswering(SkimForQuestionAnswering):
+    config_class = LTPBertConfig
+    base_model_prefix = "bert"
+    base_model_class = LTPBertModel
+
+
+class LTPBertForTokenClassification(SkimForTokenClassification):
+    config_class = LTPBertConfig
+    base_model_prefix = "bert"
+    base_model_class = LTPBertModel
+
+
+class LTPRobertaModel(SkimModel):
+    config_class = LTPRobertaConfig
+    base_model_prefix = "roberta"
+    selector_class = LTPSelector
+
+
+class LTPRobertaForSequenceClassification(SkimForSequenceClassification):
+    config_class = LTPRobertaConfig
+    base_model_prefix = "roberta"
+    base_model_class = LTPRobertaModel
+
+
+class LTPRobertaForQuestionAnswering(SkimForQuestionAnswering):
+    config_class = LTPRobertaConfig
+    base_model_prefix = "roberta"
+    base_model_class = LTPRobertaModel
+
+
+class LTPRobertaForTokenClassification(SkimForTokenClassification):
+    config_class = LTPRobertaConfig
+    base_model_prefix = "roberta"
+    base_model_class = LTPRobertaModel
+
+
+register_family(
+    LTPBertConfig,
+    [LTPBertModel, LTPBertForSequenceClassification, LTPBertForQuestionAnswering, LTPBertForTokenClassification],
+)
+register_family(
+    LTPRobertaConfig,
+    [LTPRobertaModel, LTPRobertaForSequenceClassification, LTPRobertaForQuestionAnswering,
+     LTPRobertaForTokenClassification],
+)

@@ -1,0 +1,325 @@
+"""Learned Token Pruning on the shared engine: exactness with pruning off, batch invariance, physical
+removal, attention probabilities only where a layer prunes, soft/hard training signals, threshold
+optimizer group, Hub round trip."""
+
+import json
+import tempfile
+
+import pytest
+import torch
+from conftest import MIXED_LENGTHS, mixed_batch, row, run_without_tokenskim, tiny_config
+from transformers import (
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+    RobertaModel,
+)
+
+import tokenskim.modeling.engine as engine_module
+from tokenskim.modeling import (
+    LTPBertConfig,
+    LTPBertForQuestionAnswering,
+    LTPBertForSequenceClassification,
+    LTPBertForTokenClassification,
+    LTPBertModel,
+    LTPRobertaForQuestionAnswering,
+    LTPRobertaForSequenceClassification,
+    LTPRobertaForTokenClassification,
+    LTPRobertaModel,
+    keep_ratio_loss,
+    ltp_parameter_groups,
+    threshold_parameters,
+)
+
+STOCK_AND_OURS = {
+    "bert": [
+        (BertModel, LTPBertModel, "last_hidden_state"),
+        (BertForSequenceClassification, LTPBertForSequenceClassification, "logits"),
+        (BertForQuestionAnswering, LTPBertForQuestionAnswering, "start_logits"),
+        (BertForTokenClassification, LTPBertForTokenClassification, "logits"),
+    ],
+    "roberta": [
+        (RobertaModel, LTPRobertaModel, "last_hidden_state"),
+        (RobertaForSequenceClassification, LTPRobertaForSequenceClassification, "logits"),
+        (RobertaForQuestionAnswering, LTPRobertaForQuestionAnswering, "start_logits"),
+        (RobertaForTokenClassification, LTPRobertaForTokenClassification, "logits"),
+    ],
+}
+SEQ_CLS = {"bert": LTPBertForSequenceClassification, "roberta": LTPRobertaForSequenceClassification}
+PAD = {"bert": 0, "roberta": 1}
+
+
+def load_as(cls, stock, **kwargs):
+    with tempfile.TemporaryDirectory() as d:
+        stock.save_pretrained(d)
+        return cls.from_pretrained(d, **kwargs)
+
+
+def pruning_model(backbone="bert", final_threshold=0.1, **kwargs):
+    """A random 3-layer model whose thresholds prune a good share of tokens: with near-uniform random
+    attention a token receives about 1/n, and layers 1 and 2 prune below 0.033 and 0.067."""
+    config = tiny_config(backbone).to_dict()
+    config = SEQ_CLS[backbone].config_class(**config, final_threshold=final_threshold, **kwargs)
+    return SEQ_CLS[backbone](config).eval()
+
+
+def count_received_calls(monkeypatch):
+    """Counts the packed path's calls that materialise attention probabilities."""
+    calls = []
+    original = engine_module.varlen_attention_with_received
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "varlen_attention_with_received", counting)
+    return calls
+
+
+@pytest.mark.parametrize("backbone", ["bert", "roberta"])
+@pytest.mark.parametrize("head", range(4))
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_pruning_off_matches_stock(backbone, head, mode):
+    stock_cls, our_cls, field = STOCK_AND_OURS[backbone][head]
+    stock = stock_cls(tiny_config(backbone, num_labels=2 if "QuestionAnswering" in stock_cls.__name__ else 3)).eval()
+    ours = load_as(our_cls, stock, skim_enabled=False)
+    getattr(ours, mode)()
+    batch = mixed_batch([12, 5, 1, 9], pad_id=PAD[backbone])
+    with torch.no_grad():
+        want = getattr(stock(**batch), field)
+        got = getattr(ours(**batch), field)
+    if want.dim() >= 2 and want.shape[1] == batch["input_ids"].shape[1]:  # token-level: real positions only
+        real = batch["attention_mask"].bool()
+        want, got = want[real], got[real]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_zero_threshold_keeps_everything_and_computes_no_probabilities(monkeypatch):
+    calls = count_received_calls(monkeypatch)
+    stock = BertForSequenceClassification(tiny_config()).eval()
+    ours = load_as(LTPBertForSequenceClassification, stock, final_threshold=0.0).eval()
+    batch = mixed_batch(MIXED_LENGTHS)
+    with torch.no_grad():
+        out = ours(**batch)
+        torch.testing.assert_close(out.logits, stock(**batch).logits, atol=1e-5, rtol=0)
+    assert out.kept_tokens.sum(0).tolist() == [sum(MIXED_LENGTHS)] * 3
+    assert calls == []
+
+
+def test_attention_probabilities_only_in_pruning_layers(monkeypatch):
+    calls = count_received_calls(monkeypatch)
+    model = pruning_model()
+    with torch.no_grad():
+        model(**mixed_batch([9, 4]))
+    assert len(calls) == 2  # layers 1 and 2; layer 0's threshold is 0 (never prunes)
+    calls.clear()
+    model.config.skim_enabled = False  # the live config switches pruning off
+    with torch.no_grad():
+        model(**mixed_batch([9, 4]))
+    assert calls == []
+
+
+@pytest.mark.parametrize("backbone", ["bert", "roberta"])
+def test_batch_invariance_with_pruning(backbone):
+    model = pruning_model(backbone)
+    batch = mixed_batch(MIXED_LENGTHS, pad_id=PAD[backbone])
+    with torch.no_grad():
+        out = model(**batch)
+        kept = out.kept_tokens
+        assert kept[:, -1].sum() < kept[:, 0].sum(), "the thresholds should prune something"
+        assert kept[:, 0].tolist() == MIXED_LENGTHS  # layer 0 never prunes
+        for i in range(len(MIXED_LENGTHS)):
+            alone = model(**row(batch, i))
+            torch.testing.assert_close(alone.logits[0], out.logits[i], atol=1e-5, rtol=0)
+            assert torch.equal(alone.kept_tokens[0], kept[i]) and torch.equal(alone.ffn_tokens[0], out.ffn_tokens[i])
+
+
+def test_rows_processed_equal_kept_counts():
+    model = pruning_model()
+    seen = {"attention": [], "ffn": []}
+    for layer in model.bert.encoder.layer:
+        layer.attention.self.query.register_forward_hook(lambda m, i, o: seen["attention"].append(i[0].shape[0]))
+        layer.intermediate.register_forward_hook(lambda m, i, o: seen["ffn"].append(i[0].shape[0]))
+    batch = mixed_batch(MIXED_LENGTHS, seq=40)
+    with torch.no_grad():
+        out = model(**batch)
+    assert seen["attention"] == out.kept_tokens.sum(0).tolist()
+    assert seen["ffn"] == out.ffn_tokens.sum(0).tolist()
+    assert seen["attention"][0] == sum(MIXED_LENGTHS)  # packed: no padding rows
+    assert seen["ffn"][-1] < seen["ffn"][0]  # pruned after the attention: fewer rows in the FFN
+    assert torch.all(out.ffn_tokens <= out.kept_tokens)
+
+
+def test_higher_threshold_prunes_more():
+    model = pruning_model()
+    batch = mixed_batch(MIXED_LENGTHS)
+    kept = []
+    with torch.no_grad():
+        for theta in (0.0, 0.05, 0.1, 0.2, 0.5):
+            model.config.final_threshold = theta
+            kept.append(model(**batch).ffn_tokens.sum().item())
+    assert kept == sorted(kept, reverse=True) and kept[-1] < kept[0]
+
+
+def test_hard_stage_training_path_equals_packed_inference():
+    """Training with pruning_stage='hard' applies the same binary decisions as inference (masked keys
+    and residual gating vs physical removal), so the logits agree."""
+    model = pruning_model(pruning_stage="hard")
+    batch = mixed_batch([20, 7, 13, 3])
+    with torch.no_grad():
+        packed = model(**batch)
+        model.train()
+        masked = model(**batch)
+    torch.testing.assert_close(masked.logits, packed.logits, atol=1e-5, rtol=0)
+    assert torch.equal(masked.ffn_tokens, packed.ffn_tokens)
+    assert masked.skim_loss is None  # thresholds frozen: no L1 term in the hard stage
+
+
+def test_soft_stage_gradients_reach_thresholds():
+    model = pruning_model(temperature=1e-2).train()
+    batch = mixed_batch([12, 8, 5, 10], seed=1)
+    out = model(**batch, labels=torch.tensor([0, 1, 2, 1]))
+    assert out.skim_loss is not None and out.skim_loss.requires_grad
+    out.skim_loss.backward()
+    grad = model.bert.selector.threshold_offsets.grad
+    assert grad[0] == 0  # layer 0 never prunes
+    assert torch.all(grad[1:] < 0), "raising a threshold lowers the masks, so the L1 term pushes thresholds up"
+
+
+def test_hard_stage_passes_no_gradient_to_thresholds():
+    model = pruning_model(pruning_stage="hard").train()
+    out = model(**mixed_batch([12, 8, 5]), labels=torch.tensor([0, 1, 2]))
+    out.loss.backward()
+    grad = model.bert.selector.threshold_offsets.grad
+    assert grad is None or torch.all(grad == 0)
+    assert model.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+
+
+def test_l1_term_is_sum_over_layers_of_real_token_means():
+    model = pruning_model(temperature=1e-2).train()
+    lengths = [9, 4, 6]
+    tight, padded = mixed_batch(lengths), mixed_batch(lengths, seq=30)
+    with torch.no_grad():
+        loss_tight = model(**tight).skim_loss
+        loss_padded = model(**padded).skim_loss
+    torch.testing.assert_close(loss_padded, loss_tight)  # padding never counts
+    assert 1.0 < loss_tight.item() < 3.0  # layer 0 keeps all (1.0), layers 1-2 prune some of the rest
+
+    masks = [torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.5, 0.0], [1.0, 0.0, 0.0]])]
+    real = torch.tensor([[True, True, False], [True, False, False]])
+    selector = model.bert.selector
+    # per layer, mean over examples of kept real / real: (1 + 1) / 2 and (0.75 + 1) / 2
+    assert selector.loss(masks, real).item() == pytest.approx(1.0 + 0.875)
+    assert selector.loss(masks, real).item() == pytest.approx(2 * keep_ratio_loss(masks, real).item())
+
+
+def test_soft_training_learns_to_prune():
+    """A strong L1 weight and a threshold learning rate make the thresholds rise and prune more."""
+    model = pruning_model(final_threshold=0.03, temperature=1e-2, skim_coefficient=1.0)
+    batch = mixed_batch(MIXED_LENGTHS, seed=2)
+    labels = torch.arange(16) % 3
+    with torch.no_grad():
+        before = model(**batch).ffn_tokens.sum().item()
+    model.train()
+    opt = torch.optim.AdamW(ltp_parameter_groups(model, lr=1e-4, threshold_lr=5e-3))
+    for _ in range(15):
+        opt.zero_grad()
+        model(**batch, labels=labels).loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        after = model(**batch).ffn_tokens.sum().item()
+    assert model.bert.selector.threshold_offsets[1:].min() > 0
+    assert after < before
+
+
+def test_threshold_optimizer_group():
+    model = pruning_model()
+    model.bert.embeddings.word_embeddings.weight.requires_grad = False
+    groups = ltp_parameter_groups(model, lr=2e-5, threshold_lr=1e-2, weight_decay=0.01)
+    thresholds = threshold_parameters(model)
+    assert len(thresholds) == 1 and thresholds[0] is model.bert.selector.threshold_offsets
+    owning = [g for g in groups if any(p is thresholds[0] for p in g["params"])]
+    assert len(owning) == 1 and owning[0]["params"] == thresholds
+    assert owning[0]["lr"] == 1e-2 and owning[0]["weight_decay"] == 0.0
+    ids = [id(p) for g in groups for p in g["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(ids) == sorted(trainable)  # each trainable parameter exactly once, frozen ones left out
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(model.bert.encoder.layer[0].output.LayerNorm.weight) not in decayed
+    assert id(model.bert.encoder.layer[0].output.dense.weight) in decayed
+
+
+def test_offsets_start_at_zero_and_survive_save_load():
+    model = load_as(LTPBertForSequenceClassification, BertForSequenceClassification(tiny_config()))
+    assert model.bert.selector.threshold_offsets.tolist() == [0.0, 0.0, 0.0]
+    with torch.no_grad():
+        model.bert.selector.threshold_offsets.copy_(torch.tensor([0.0, 0.25, -0.5]))
+    again = load_as(LTPBertForSequenceClassification, model)
+    assert again.bert.selector.threshold_offsets.tolist() == [0.0, 0.25, -0.5]
+    torch.testing.assert_close(again.bert.selector.thresholds(), torch.tensor([0.0, 0.25 + 0.01 / 3, -0.5 + 0.02 / 3]))
+
+
+def test_bad_stage_is_an_error():
+    model = pruning_model(pruning_stage="medium").train()
+    with pytest.raises(ValueError, match="pruning_stage"):
+        model(**mixed_batch([5, 3]))
+
+
+def test_cls_only_and_everything_pruned():
+    batch = {"input_ids": torch.tensor([[3, 4, 5], [3, 0, 0]]), "attention_mask": torch.tensor([[1, 1, 1], [1, 0, 0]])}
+    model = pruning_model(final_threshold=10.0)  # every token but CLS pruned after layer 1's attention
+    with torch.no_grad():
+        out = model(**batch)
+    assert torch.isfinite(out.logits).all()
+    assert out.ffn_tokens.tolist() == [[3, 1, 1], [1, 1, 1]]
+    model.train()
+    assert torch.isfinite(model(**batch, labels=torch.tensor([0, 2])).loss)
+
+
+def test_remote_code_round_trip_without_tokenskim(tmp_path):
+    model = pruning_model()
+    with torch.no_grad():
+        model.bert.selector.threshold_offsets.copy_(torch.tensor([0.0, 0.01, -0.01]))
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert set(config["auto_map"]) == {
+        "AutoConfig", "AutoModel", "AutoModelForSequenceClassification",
+        "AutoModelForQuestionAnswering", "AutoModelForTokenClassification",
+    }
+    batch = mixed_batch([11, 4, 7, 20])
+    with torch.no_grad():
+        want = model(**batch)
+    assert want.ffn_tokens[:, -1].sum() < sum([11, 4, 7, 20])
+    code = f"""
+        import torch
+        from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
+        ids = torch.tensor({batch['input_ids'].tolist()}); mask = torch.tensor({batch['attention_mask'].tolist()})
+        m = AutoModelForSequenceClassification.from_pretrained("{tmp_path}", trust_remote_code=True).eval()
+        with torch.no_grad():
+            out = m(input_ids=ids, attention_mask=mask)
+        print(out.logits.tolist()); print(out.ffn_tokens.tolist())
+        print(type(m).__name__, m.bert.selector.threshold_offsets.tolist())
+        for auto in (AutoModel, AutoModelForTokenClassification):
+            print(type(auto.from_pretrained("{tmp_path}", trust_remote_code=True)).__name__)
+    """
+    lines = run_without_tokenskim(code).strip().splitlines()
+    torch.testing.assert_close(torch.tensor(eval(lines[0])), want.logits, atol=1e-6, rtol=0)
+    assert eval(lines[1]) == want.ffn_tokens.tolist()
+    name, offsets = lines[2].split(" ", 1)
+    assert name == "LTPBertForSequenceClassification"
+    torch.testing.assert_close(torch.tensor(eval(offsets)), torch.tensor([0.0, 0.01, -0.01]))
+    assert lines[3:] == ["LTPBertModel", "LTPBertForTokenClassification"]
+
+
+def test_local_auto_registration():
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    fields = {k: v for k, v in tiny_config().to_dict().items() if k != "model_type"}
+    config = AutoConfig.for_model("ltp-bert", **fields)
+    assert isinstance(config, LTPBertConfig)
+    assert type(AutoModelForSequenceClassification.from_config(config)) is LTPBertForSequenceClassification
