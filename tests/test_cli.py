@@ -1,0 +1,189 @@
+"""`tokenskim train / evaluate / demo` end to end on a tiny random BERT and the bundled SST-2 sample:
+the Hub-ready folder, eval_results.json, the model card, resuming, and clear errors."""
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_without_tokenskim
+from test_trainer import BUNDLED, save_tiny_checkpoint
+
+from tokenskim.trainers import cli
+
+SST2 = ["--task", "sst2", "--train-file", str(BUNDLED / "sst2_train_sample.tsv"),
+        "--validation-file", str(BUNDLED / "sst2_dev.tsv")]
+FAST = ["--max-train-samples", "48", "--max-eval-samples", "24", "--per-device-train-batch-size", "8",
+        "--per-device-eval-batch-size", "8", "--max-length", "32", "--disable-tqdm", "true", "--use-cpu", "true"]
+
+
+def command(name: str, argv: list):
+    """Runs one subcommand module the way cli.py does (the other subcommands are not needed)."""
+    module = importlib.import_module(f"tokenskim.trainers.{name}")
+    parser = argparse.ArgumentParser(prog=f"tokenskim {name}")
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "transkimmer-sst2"
+    argv = ["train", "--method", "transkimmer", "--model", tiny_dir, *SST2, *FAST, "--output-dir", str(out),
+            "--num-train-epochs", "1", "--skim-coefficient", "0.3", "--selector-learning-rate", "1e-3", "--seed", "1"]
+    assert cli.main(argv) == 0  # the real entry point
+    return out
+
+
+def test_train_writes_a_hub_ready_folder(trained):
+    files = {p.name for p in trained.iterdir()}
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md",
+                 "eval_results.json", "transkimmer.py", "engine.py"):
+        assert name in files, name
+    config = json.loads((trained / "config.json").read_text())
+    assert config["model_type"] == "transkimmer-bert"
+    assert config["skim_coefficient"] == 0.3
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification"} <= set(config["auto_map"])
+    tokenizer_config = json.loads((trained / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == 32  # evaluation reuses the training max length
+
+
+def test_eval_results_and_model_card_carry_the_real_numbers(trained):
+    results = json.loads((trained / "eval_results.json").read_text())
+    for key in ("accuracy", "kept_token_ratio", "flops_ratio"):
+        assert isinstance(results[key], float), key
+    assert results["task"] == "sst2" and results["num_examples"] == 24 and results["method"] == "transkimmer"
+    card = (trained / "README.md").read_text()
+    assert card.startswith("---\n") and "model-index:" in card
+    assert f"| accuracy | {results['accuracy']:.4f} |" in card
+    assert f"| flops_ratio | {results['flops_ratio']:.4f} |" in card
+    assert "tokenskim train --method transkimmer" in card and "--skim-coefficient 0.3" in card
+    assert "trust_remote_code=True" in card
+    assert "$" not in card.split("```bash")[0]  # every placeholder filled
+
+
+def test_evaluate_reproduces_the_training_evaluation(trained, tmp_path):
+    out = tmp_path / "eval"
+    assert command("evaluate", ["--model", str(trained), *SST2[:2], "--validation-file", SST2[-1],
+                                "--max-eval-samples", "24", "--seed", "1", "--output-dir", str(out)]) == 0
+    again = json.loads((out / "eval_results.json").read_text())
+    first = json.loads((trained / "eval_results.json").read_text())
+    assert again["max_length"] == 32
+    for key in ("accuracy", "kept_token_ratio", "flops_ratio", "loss"):
+        assert again[key] == pytest.approx(first[key], rel=1e-5), key
+
+
+def test_saved_folder_loads_without_tokenskim(trained):
+    code = f"""
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        tok = AutoTokenizer.from_pretrained({str(trained)!r}, trust_remote_code=True)
+        model = AutoModelForSequenceClassification.from_pretrained({str(trained)!r}, trust_remote_code=True).eval()
+        batch = tok(["a charming journey", "bleak"], padding=True, return_tensors="pt")
+        print("RESULT", type(model).__name__, model(**batch).logits.tolist())
+    """
+    last = [line for line in run_without_tokenskim(code).splitlines() if line.startswith("RESULT ")][-1]
+    out = last.split(maxsplit=2)[1:]
+    assert out[0] == "TranskimmerBertForSequenceClassification"
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(trained)
+    model = AutoModelForSequenceClassification.from_pretrained(trained).eval()
+    with torch.no_grad():
+        expected = model(**tok(["a charming journey", "bleak"], padding=True, return_tensors="pt")).logits
+    assert torch.allclose(torch.tensor(json.loads(out[1])), expected, atol=1e-5)
+
+
+def test_dense_baseline_and_custom_csv(tiny_dir, tmp_path):
+    rows = "text,sentiment\n" + "".join(f"{t},{s}\n" for t, s in [("a charming journey", "pos"), ("bleak", "neg")] * 12)
+    (tmp_path / "mine.csv").write_text(rows)
+    out = tmp_path / "dense"
+    files = ["--train-file", str(tmp_path / "mine.csv"), "--validation-file", str(tmp_path / "mine.csv"),
+             "--text-column", "text", "--label-column", "sentiment"]
+    assert command("train", ["--method", "dense", "--model", tiny_dir, *files, "--output-dir", str(out),
+                             "--max-steps", "2", "--per-device-train-batch-size", "8", "--disable-tqdm", "true"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "bert" and config["label2id"] == {"neg": 0, "pos": 1}
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["kept_token_ratio"] == 1.0 and results["flops_ratio"] == 1.0 and "f1" in results
+    assert "trust_remote_code" not in (out / "README.md").read_text()
+    # evaluation maps the file's labels through the model's label2id
+    assert command("evaluate", ["--model", str(out), *files, "--output-dir", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "eval_results.json").read_text())["accuracy"] == results["accuracy"]
+
+
+def test_resume_from_checkpoint(tiny_dir, tmp_path):
+    out = tmp_path / "resume"
+    base = ["--model", tiny_dir, *SST2, *FAST, "--output-dir", str(out), "--save-strategy", "steps",
+            "--save-steps", "2", "--eval-strategy", "no"]
+    assert command("train", [*base, "--max-steps", "2"]) == 0
+    assert (out / "checkpoint-2").is_dir()
+    assert command("train", [*base, "--max-steps", "4", "--resume-from-checkpoint", "auto"]) == 0
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    steps = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert steps == sorted(set(steps))  # steps 1-2 come from the first run, not trained twice
+
+
+@pytest.mark.parametrize(
+    "argv,error,match",
+    [
+        (["--task", "sst5"], ValueError, "unknown task 'sst5'"),
+        (["--train-file", "nope.csv", "--validation-file", "nope.csv"], FileNotFoundError, "data file not found"),
+        ([*SST2, "--text-columns", "review"], ValueError, r"column\(s\) \['review'\] not found"),
+        ([*SST2, "--method", "dense", "--skim-coefficient", "1"], ValueError, "--skim-coefficient do.* not apply"),
+        ([*SST2, "--resume-from-checkpoint", "/no/such/ckpt"], FileNotFoundError, "checkpoint folder not found"),
+    ],
+)
+def test_clear_errors(tiny_dir, tmp_path, argv, error, match):
+    with pytest.raises(error, match=match):
+        command("train", ["--model", tiny_dir, "--output-dir", str(tmp_path / "x"), *argv])
+
+
+def test_evaluate_rejects_a_model_of_another_task(trained, tmp_path):
+    (tmp_path / "d.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
+    with pytest.raises(ValueError, match="needs 3"):
+        command("evaluate", ["--model", str(trained), "--task", "mnli", "--validation-file", str(tmp_path / "d.tsv"),
+                             "--text-columns", "sentence1,sentence2"])
+
+
+def test_training_arguments_pass_through():
+    parser = argparse.ArgumentParser()
+    importlib.import_module("tokenskim.trainers.train").add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--output-dir", "o", "--gradient-accumulation-steps", "4",
+                              "--lr_scheduler_type", "cosine", "--skim-coefficient", "2"])
+    assert args.gradient_accumulation_steps == 4 and args.lr_scheduler_type == "cosine"
+    assert args.skim_coefficient == 2.0 and args.learning_rate == 2e-5 and args.eval_strategy == "epoch"
+
+
+def test_demo_runs_end_to_end_on_a_tiny_model(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert command("demo", ["--model", tiny_dir, "--output-dir", str(out), "--train-samples", "32",
+                            "--epochs", "1", "--skim-epochs", "1", "--batch-size", "16", "--timing-repeats", "1",
+                            "--max-length", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "speedup" in printed and "transkimmer" in printed
+    report = json.loads((out / "demo_results.json").read_text())
+    dense, skim = report["rows"]
+    assert dense["model"] == "dense" and dense["flops_ratio"] == 1.0 and dense["speedup"] == 1.0
+    assert skim["seconds"] > 0 and 0 < skim["kept_token_ratio"] <= 1
+    assert report["dev_rows"] == 872
+    for name in ("dense", "transkimmer"):
+        assert (out / name / "README.md").is_file() and (out / name / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_demo_with_the_packaged_minilm(tmp_path):
+    """The README's command with its defaults (the real MiniLM): minutes on 2 CPU cores."""
+    assert cli.main(["demo", "--output-dir", str(tmp_path / "demo")]) == 0
+    report = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
+    dense, skim = report["rows"]
+    assert dense["accuracy"] > 0.8 and skim["flops_ratio"] > 1.0
+    assert report["wall_clock_minutes"] < 15

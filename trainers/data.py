@@ -1,0 +1,395 @@
+"""Datasets for fine-tuning and evaluation: the GLUE tasks, IMDB, 20 Newsgroups and AG News from local
+files (the layout of `../shared/data`, see its README) or the Hub, and the user's own CSV/TSV/JSON files.
+
+Everything ends as a `DatasetDict` with `train` and/or `validation` splits whose rows carry the task's
+text column(s) and label column; `tokenize` turns them into `input_ids`, `attention_mask`,
+(`token_type_ids`) and `labels`, unpadded: `collator` pads each batch to its own longest row.
+"""
+
+import csv
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+from transformers import DataCollatorWithPadding
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation")
+
+# GLUE TSVs contain stray `"` (QNLI, MRPC): they must be read with quoting off, as the GLUE processors do.
+GLUE_TSV = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+# Text such as "null" or "NA" is a sentence, not a missing value.
+NO_NA = {"keep_default_na": False}
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """One split of a task as a file under the data directory, and how to read it.
+
+    builder: a `datasets` packaged builder ("csv" or "json"); read: its options (delimiter, quoting,
+    column names, encoding).
+    """
+
+    path: str
+    builder: str = "csv"
+    read: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task's rows look like and how it is scored.
+
+    text_columns: one column, or a pair for sentence-pair tasks.
+    labels: the raw label values in id order (as they appear in the local files), or None for regression.
+    label_names: human-readable names in the same order (the model's `id2label`); defaults to the labels.
+    local: split -> LocalFile under the data directory. A split with no file cannot be read locally.
+    split_from: for tasks with a single local split (AG News: test only), (split, eval fraction, seed):
+        that split is divided into train and validation with a fixed seed.
+    hub: (dataset name, config or None, {our split: hub split}) to use when no local data exists and the
+        Hub is reachable. Hub columns must carry the same names (they do for these datasets).
+    """
+
+    name: str
+    text_columns: tuple
+    label_column: str = "label"
+    labels: tuple | None = (0, 1)
+    label_names: tuple | None = None
+    local: dict = field(default_factory=dict)
+    split_from: tuple | None = None
+    hub: tuple | None = None
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.is_regression else len(self.labels)
+
+    @property
+    def id2label(self) -> dict | None:
+        if self.is_regression:
+            return None
+        return {i: str(name) for i, name in enumerate(self.label_names or self.labels)}
+
+
+def _glue(folder, train="train.tsv", validation="dev.tsv", **read):
+    read = {**GLUE_TSV, **NO_NA, **read}
+    files = {"train": train, "validation": validation}
+    return {split: LocalFile(f"glue/{folder}/{name}", "csv", read) for split, name in files.items() if name}
+
+
+def _glue_hub(config, validation="validation"):
+    return ("nyu-mll/glue", config, {"train": "train", "validation": validation})
+
+
+NLI = ("entailment", "not_entailment")
+
+TASKS = {
+    "cola": TaskSpec(
+        "cola", ("sentence",), labels=(0, 1), label_names=("unacceptable", "acceptable"),
+        local=_glue("CoLA", column_names=["source", "label", "author_label", "sentence"]), hub=_glue_hub("cola"),
+    ),
+    "sst2": TaskSpec(
+        "sst2", ("sentence",), labels=(0, 1), label_names=("negative", "positive"),
+        local=_glue("SST-2"), hub=_glue_hub("sst2"),
+    ),
+    "mrpc": TaskSpec(
+        "mrpc", ("#1 String", "#2 String"), label_column="Quality", labels=(0, 1),
+        label_names=("not_equivalent", "equivalent"),
+        local=_glue("MRPC", encoding="utf-8-sig"),  # the MRPC files start with a BOM
+        hub=None,  # the Hub copy names its columns sentence1/sentence2/label; use --dataset-name for it
+    ),
+    "stsb": TaskSpec(
+        "stsb", ("sentence1", "sentence2"), label_column="score", labels=None,
+        local=_glue("STS-B"), hub=None,  # the Hub copy names its score column "label"
+    ),
+    "qqp": TaskSpec(
+        "qqp", ("question1", "question2"), labels=(0, 1), label_names=("not_duplicate", "duplicate"),
+        local={}, hub=_glue_hub("qqp"),  # QQP is not in ../shared/data (too large)
+    ),
+    "mnli": TaskSpec(
+        "mnli", ("premise", "hypothesis"), labels=("entailment", "neutral", "contradiction"),
+        local={"validation": LocalFile("glue/MNLI/dev_matched.jsonl", "json")},  # matched dev only
+        hub=_glue_hub("mnli", validation="validation_matched"),
+    ),
+    "qnli": TaskSpec(
+        "qnli", ("question", "sentence"), labels=NLI, local=_glue("QNLI", train=None), hub=_glue_hub("qnli"),
+    ),
+    "rte": TaskSpec("rte", ("sentence1", "sentence2"), labels=NLI, local=_glue("RTE"), hub=_glue_hub("rte")),
+    "wnli": TaskSpec(
+        "wnli", ("sentence1", "sentence2"), labels=(0, 1), label_names=("not_entailment", "entailment"),
+        local=_glue("WNLI"), hub=_glue_hub("wnli"),
+    ),
+    "imdb": TaskSpec(
+        "imdb", ("text",), labels=(0, 1), label_names=("neg", "pos"),
+        local={
+            "train": LocalFile("imdb/train.csv", "csv", NO_NA),
+            "validation": LocalFile("imdb/test.csv", "csv", NO_NA),  # IMDB has no dev set; test is the standard eval
+        },
+        hub=("stanfordnlp/imdb", None, {"train": "train", "validation": "test"}),
+    ),
+    "20newsgroups": TaskSpec(
+        "20newsgroups", ("text",), labels=tuple(range(20)),
+        label_names=(
+            "alt.atheism", "comp.graphics", "comp.os.ms-windows.misc", "comp.sys.ibm.pc.hardware",
+            "comp.sys.mac.hardware", "comp.windows.x", "misc.forsale", "rec.autos", "rec.motorcycles",
+            "rec.sport.baseball", "rec.sport.hockey", "sci.crypt", "sci.electronics", "sci.med", "sci.space",
+            "soc.religion.christian", "talk.politics.guns", "talk.politics.mideast", "talk.politics.misc",
+            "talk.religion.misc",
+        ),
+        local={
+            "train": LocalFile("20newsgroups/train.jsonl", "json"),
+            "validation": LocalFile("20newsgroups/test.jsonl", "json"),
+        },
+        hub=("SetFit/20_newsgroups", None, {"train": "train", "validation": "test"}),
+    ),
+    "ag_news": TaskSpec(
+        "ag_news", ("title", "description"), labels=(1, 2, 3, 4), label_names=("World", "Sports", "Business", "Sci/Tech"),
+        # Only AG News' test split is local (train.csv is too large for the snapshot): it is split 80/20
+        # into train and validation with seed 42. Numbers on it are not comparable to the official test set.
+        local={"test": LocalFile("ag_news/test.csv", "csv", {**NO_NA, "column_names": ["label", "title", "description"]})},
+        split_from=("test", 0.2, 42),
+        hub=None,  # the Hub copy has one "text" column and labels 0-3; use --dataset-name fancyzhx/ag_news
+    ),
+}
+ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "20news": "20newsgroups", "agnews": "ag_news", "ag-news": "ag_news"}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The spec of a known task; a clear error listing the known ones otherwise."""
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} (or give --train-file/--validation-file)")
+    return TASKS[key]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Where the data lives
+
+
+def default_data_dir() -> Path | None:
+    """`$TOKENSKIM_DATA_DIR`, else `../shared/data` next to the repository or the working directory."""
+    env = os.environ.get("TOKENSKIM_DATA_DIR")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[1]
+    for candidate in (repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def hub_is_offline() -> bool:
+    return any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _read(builder: str, path, **read) -> datasets.Dataset:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    return datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **read)
+
+
+def load_local_task(spec: TaskSpec, data_dir, splits=SPLITS) -> datasets.DatasetDict:
+    """Reads a known task from `data_dir` (the layout of ../shared/data)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data directory not found: {data_dir}")
+    out = datasets.DatasetDict()
+    if spec.split_from is not None:
+        source, fraction, seed = spec.split_from
+        f = spec.local[source]
+        full = _read(f.builder, data_dir / f.path, **f.read)
+        parts = full.train_test_split(test_size=fraction, seed=seed, shuffle=True)
+        logger.warning(
+            "%s: only the %r split is available locally; using a seeded split of it (seed %d): %d train, %d validation rows",
+            spec.name, source, seed, parts["train"].num_rows, parts["test"].num_rows,
+        )
+        out["train"], out["validation"] = parts["train"], parts["test"]
+        return datasets.DatasetDict({s: out[s] for s in splits})
+    for split in splits:
+        if split not in spec.local:
+            raise FileNotFoundError(
+                f"{spec.name}: no local {split} split in the shared data (see its README); "
+                f"give --{split}-file, or use the Hub when online"
+            )
+        f = spec.local[split]
+        out[split] = _read(f.builder, data_dir / f.path, **f.read)
+    return out
+
+
+def load_hub_task(spec: TaskSpec, splits=SPLITS) -> datasets.DatasetDict:
+    if spec.hub is None:
+        raise ValueError(f"{spec.name}: no Hub mapping with matching columns; pass --dataset-name and --text-columns")
+    name, config, split_names = spec.hub
+    return datasets.DatasetDict({s: datasets.load_dataset(name, config, split=split_names[s]) for s in splits})
+
+
+def file_read_options(path) -> tuple:
+    """(builder, options) for a user file, from its extension. TSV is read without quoting, as GLUE's."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        return "csv", dict(NO_NA)
+    if suffix == ".tsv":
+        return "csv", {**GLUE_TSV, **NO_NA}
+    if suffix in (".json", ".jsonl"):
+        return "json", {}
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
+
+
+def load_files(train_file=None, validation_file=None) -> datasets.DatasetDict:
+    out = datasets.DatasetDict()
+    for split, path in (("train", train_file), ("validation", validation_file)):
+        if path is not None:
+            builder, read = file_read_options(path)
+            out[split] = _read(builder, path, **read)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Custom datasets: the spec comes from the user's columns and the training labels
+
+
+def infer_spec(ds: datasets.Dataset, text_columns, label_column, problem_type=None, name="custom") -> TaskSpec:
+    """A TaskSpec for user data: classification over the sorted distinct labels, or regression when
+    asked (`problem_type="regression"`) or when the labels are non-integer floats."""
+    check_columns(ds, text_columns, label_column)
+    values = ds.unique(label_column)
+    if any(v is None or v == "" for v in values):
+        raise ValueError(f"label column {label_column!r} has empty values")
+    floats = all(isinstance(v, (int, float)) for v in values) and any(isinstance(v, float) and not v.is_integer() for v in values)
+    if problem_type == "regression" or (problem_type is None and floats):
+        return TaskSpec(name, tuple(text_columns), label_column, labels=None)
+    if floats:
+        raise ValueError(f"label column {label_column!r} holds non-integer numbers; use --problem-type regression")
+    labels = tuple(sorted(int(v) if isinstance(v, float) else v for v in values))
+    if len(labels) < 2:
+        raise ValueError(f"label column {label_column!r} has a single value {labels[0]!r}; classification needs two or more")
+    return TaskSpec(name, tuple(text_columns), label_column, labels=labels)
+
+
+def check_columns(ds: datasets.Dataset, text_columns, label_column=None):
+    if not 1 <= len(text_columns) <= 2:
+        raise ValueError(f"give one text column or a pair, got {list(text_columns)}")
+    wanted = list(text_columns) + ([label_column] if label_column else [])
+    missing = [c for c in wanted if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"column(s) {missing} not found; the data has columns {ds.column_names}")
+
+
+def load_task(
+    task=None,
+    data_dir=None,
+    train_file=None,
+    validation_file=None,
+    dataset_name=None,
+    dataset_config=None,
+    text_columns=None,
+    label_column=None,
+    problem_type=None,
+    splits=SPLITS,
+) -> tuple:
+    """Loads the requested splits and returns `(DatasetDict, TaskSpec)`.
+
+    Sources, first match wins: the user's files (`train_file` / `validation_file`), a Hub dataset
+    (`dataset_name`), a known task's local files (`data_dir`, else `default_data_dir()`), a known task's
+    Hub copy when online. `text_columns` / `label_column` override the task's columns.
+    """
+    spec = get_task(task) if task else None
+    if train_file or validation_file:
+        raw = load_files(train_file if "train" in splits else None, validation_file if "validation" in splits else None)
+        missing = [s for s in splits if s not in raw]
+        if missing:
+            raise ValueError(f"no {missing[0]} data: give --{missing[0]}-file")
+    elif dataset_name:
+        raw = datasets.DatasetDict({s: datasets.load_dataset(dataset_name, dataset_config, split=s) for s in splits})
+    elif spec is None:
+        raise ValueError("give --task, or your own data with --train-file/--validation-file, or --dataset-name")
+    else:
+        data_dir = Path(data_dir) if data_dir else default_data_dir()
+        if data_dir is not None:
+            raw = load_local_task(spec, data_dir, splits)
+        elif not hub_is_offline():
+            raw = load_hub_task(spec, splits)
+        else:
+            raise FileNotFoundError(
+                "no local data: pass --data-dir DIR (the layout of ../shared/data), set TOKENSKIM_DATA_DIR, "
+                "or go online (unset HF_HUB_OFFLINE) to read the task from the Hub"
+            )
+
+    if spec is None or text_columns or label_column:
+        cols = tuple(text_columns or (spec.text_columns if spec else ("text",)))
+        label = label_column or (spec.label_column if spec else "label")
+        reference = raw["train"] if "train" in raw else raw[splits[0]]
+        if spec is None:
+            spec = infer_spec(reference, cols, label, problem_type)
+        else:
+            spec = dataclasses.replace(spec, text_columns=cols, label_column=label)
+    for split in raw:
+        check_columns(raw[split], spec.text_columns, spec.label_column)
+    return raw, spec
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tokenization and batching
+
+
+def label_to_id(spec: TaskSpec, label2id: dict | None = None):
+    """A function raw label -> model label. Regression: float. Classification: the index of the raw
+    value in `spec.labels`, or, for a model trained on custom data, its `config.label2id` (by name)."""
+    if spec.is_regression:
+        return float
+    mapping = {str(v): i for i, v in enumerate(spec.labels)}
+    if label2id:
+        mapping = {str(k): int(v) for k, v in label2id.items()}
+
+    def convert(value):
+        key = str(int(value) if isinstance(value, float) and value.is_integer() else value)
+        if key not in mapping:
+            raise ValueError(f"label {value!r} is not one of the task's labels {list(mapping)}")
+        return mapping[key]
+
+    return convert
+
+
+def tokenize(raw: datasets.DatasetDict, tokenizer, spec: TaskSpec, max_length=128, label2id=None, desc="Tokenizing"):
+    """Text columns -> `input_ids`, `attention_mask` (+ `token_type_ids`), raw labels -> `labels`.
+
+    No padding here (the collator pads per batch). Texts longer than `max_length` tokens are truncated
+    (for pairs, the longer one first). `label2id`: the model's mapping, for custom-label models.
+    """
+    convert = label_to_id(spec, label2id)
+
+    def encode(batch):
+        texts = (["" if t is None else str(t) for t in batch[c]] for c in spec.text_columns)
+        enc = tokenizer(*texts, truncation=True, max_length=max_length)
+        enc["labels"] = [convert(v) for v in batch[spec.label_column]]
+        return enc
+
+    out = datasets.DatasetDict()
+    for split, ds in raw.items():
+        out[split] = ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"{desc} {split}")
+    return out
+
+
+def collator(tokenizer, pad_to_multiple_of=None):
+    """Dynamic padding: each batch is padded to its own longest row, never to `max_length`."""
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+
+
+def subsample(ds: datasets.Dataset, n: int | None, seed: int = 42) -> datasets.Dataset:
+    """A seeded random subset of `n` rows (all rows when n is None or larger than the set)."""
+    if n is None or n >= ds.num_rows:
+        return ds
+    if n <= 0:
+        raise ValueError(f"sample size must be positive, got {n}")
+    return ds.shuffle(seed=seed).select(range(n))

@@ -1,0 +1,142 @@
+"""`tokenskim evaluate`: the task metric, kept-token ratio and FLOPs ratio of a checkpoint on a task's
+validation split, printed and written to `eval_results.json`.
+
+    tokenskim evaluate --model DIR --task sst2 [--data-dir DIR] [--batch-size 32]
+"""
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
+
+from . import data, metrics
+from .trainer import SkimTrainer
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "eval_results.json"
+
+
+def add_data_arguments(parser):
+    """Flags that choose the data; shared by train, evaluate (and bench)."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--task", help=f"a known task: {', '.join(data.TASKS)}; or give your own files")
+    g.add_argument("--data-dir", help="folder with the layout of ../shared/data (default: $TOKENSKIM_DATA_DIR, "
+                   "else ../shared/data next to the repository)")
+    g.add_argument("--train-file", help="your training data: .csv, .tsv (read without quoting), .json or .jsonl")
+    g.add_argument("--validation-file", help="your validation data, same formats")
+    g.add_argument("--dataset-name", help="a Hub dataset name (online), e.g. nyu-mll/glue")
+    g.add_argument("--dataset-config", help="the Hub dataset's configuration, e.g. sst2")
+    g.add_argument("--text-columns", type=lambda s: tuple(c for c in s.split(",") if c), metavar="COL[,COL2]",
+                   help="text column, or a pair for sentence-pair tasks (default: the task's, else 'text')")
+    g.add_argument("--text-column", dest="text_columns", type=lambda s: (s,), help=argparse.SUPPRESS)
+    g.add_argument("--label-column", help="label column (default: the task's, else 'label')")
+    g.add_argument("--problem-type", choices=["classification", "regression"],
+                   help="for your own data: default is regression when labels are non-integer numbers")
+    g.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128 for training; "
+                   "evaluation uses the checkpoint tokenizer's model_max_length)")
+    g.add_argument("--max-eval-samples", type=int, help="evaluate on a seeded random subset of this many rows")
+    return g
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, help="a fine-tuned checkpoint folder or Hub name")
+    add_data_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=32, help="evaluation batch size (default 32)")
+    parser.add_argument("--output-dir", help=f"where to write {RESULTS_FILE} (default: the model folder when local)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of --max-eval-samples' subset")
+
+
+def load_eval_data(args, label2id=None):
+    """`(validation Dataset of raw rows, TaskSpec)` from the data flags."""
+    raw, spec = data.load_task(
+        task=args.task, data_dir=args.data_dir, train_file=None, validation_file=args.validation_file,
+        dataset_name=args.dataset_name, dataset_config=args.dataset_config, text_columns=args.text_columns,
+        label_column=args.label_column, problem_type=args.problem_type, splits=("validation",),
+    )
+    return data.subsample(raw["validation"], args.max_eval_samples, getattr(args, "seed", 42)), spec
+
+
+def check_model_fits_task(config, spec):
+    if config.num_labels != spec.num_labels:
+        raise ValueError(
+            f"the model has {config.num_labels} output(s) but task {spec.name!r} needs {spec.num_labels}; "
+            "was it fine-tuned on another task?"
+        )
+
+
+def default_max_length(tokenizer, config, fallback=512) -> int:
+    """The tokenizer's saved max length (tokenskim sets it to the training max length), capped by the
+    model's positions."""
+    limit = config.max_position_embeddings - (config.pad_token_id + 1 if "roberta" in config.model_type else 0)
+    saved = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else fallback
+    return min(saved, limit)
+
+
+def strip_prefix(metrics_dict: dict, prefix: str = "eval") -> dict:
+    """`{"eval_accuracy": ...}` -> `{"accuracy": ...}`; Trainer's speed entries are dropped (they time the
+    whole loop, collation included, and are not the benchmark)."""
+    out = {}
+    for key, value in metrics_dict.items():
+        name = key[len(prefix) + 1:] if key.startswith(prefix + "_") else key
+        if name in ("runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time"):
+            continue
+        out[name] = value
+    return out
+
+
+def evaluate_model(model, tokenizer, dataset, spec, batch_size=32, max_length=128, label2id=None, output_dir=None) -> dict:
+    """Task metrics, kept-token ratio, FLOPs ratio and per-layer keep rates of `model` on `dataset` (raw rows)."""
+    tokenized = data.tokenize({"validation": dataset}, tokenizer, spec, max_length, label2id=label2id)["validation"]
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=output_dir or tmp, per_device_eval_batch_size=batch_size, report_to=[])
+        trainer = SkimTrainer(
+            model=model, args=args, processing_class=tokenizer, data_collator=data.collator(tokenizer),
+            compute_metrics=metrics.build_compute_metrics(spec.name, spec.is_regression, spec.num_labels),
+        )
+        results = strip_prefix(trainer.evaluate(eval_dataset=tokenized))
+    results["num_examples"] = dataset.num_rows
+    return results
+
+
+def results_record(results: dict, model: str, task: str, split: str = "validation", **extra) -> dict:
+    """What `eval_results.json` holds: where the numbers come from, then the numbers."""
+    return {"model": str(model), "task": task, "split": split, **extra, **results}
+
+
+def write_results(output_dir, record: dict) -> Path:
+    path = Path(output_dir) / RESULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def format_results(record: dict, metric_names) -> str:
+    """A short human summary: the task metrics, then kept-token and FLOPs ratios."""
+    lines = [f"{record['task']} {record['split']} ({record.get('num_examples', '?')} examples), model {record['model']}"]
+    for name in (*metric_names, "kept_token_ratio", "flops_ratio"):
+        if name in record:
+            lines.append(f"  {name:<22} {record[name]:.4f}")
+    return "\n".join(lines)
+
+
+def run(args):
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForSequenceClassification.from_pretrained(args.model)
+    custom = not args.task
+    dataset, spec = load_eval_data(args)
+    check_model_fits_task(model.config, spec)
+    max_length = args.max_length or default_max_length(tokenizer, model.config)
+    results = evaluate_model(
+        model, tokenizer, dataset, spec, args.batch_size, max_length,
+        label2id=model.config.label2id if custom and not spec.is_regression else None,
+    )
+    record = results_record(results, args.model, spec.name, max_length=max_length)
+    output_dir = args.output_dir or (args.model if Path(args.model).is_dir() else ".")
+    path = write_results(output_dir, record)
+    print(format_results(record, metrics.metric_names(spec.name, spec.is_regression, spec.num_labels)))
+    print(f"wrote {path}")
+    return 0

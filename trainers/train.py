@@ -1,0 +1,227 @@
+"""`tokenskim train`: fine-tune a checkpoint with a token-skimming method (or the dense baseline) and
+write a Hub-ready folder: safetensors weights, config, remote code, tokenizer, `eval_results.json` and a
+model card (README.md) with the real results and the command that produced them.
+
+    tokenskim train --method transkimmer --model PATH_OR_NAME --task sst2 --output-dir out/ \\
+        [--skim-coefficient 0.5] [--learning-rate 2e-5 --num-train-epochs 3 ... any TrainingArguments flag]
+
+Interrupted runs continue with `--resume-from-checkpoint auto` (or a checkpoint folder).
+"""
+
+import dataclasses
+import logging
+import typing
+from pathlib import Path
+
+from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from . import data, metrics, methods, modelcard
+from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, write_results
+from .trainer import SkimTrainer
+
+logger = logging.getLogger(__name__)
+
+# Our defaults where they differ from TrainingArguments' (those of the Transkimmer reference scripts for GLUE).
+TRAINING_DEFAULTS = {
+    "learning_rate": 2e-5,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,
+    "num_train_epochs": 3.0,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "logging_steps": 50,
+    "report_to": "none",
+}
+DEFAULT_MAX_LENGTH = 128
+
+
+def add_training_arguments(parser):
+    """Every `TrainingArguments` field as a flag (`--learning-rate` or `--learning_rate`), in a group."""
+    group = parser.add_argument_group("training (any transformers.TrainingArguments field)")
+    hints = typing.get_type_hints(TrainingArguments)
+    for field in dataclasses.fields(TrainingArguments):
+        if field.init:
+            field.type = hints[field.name]
+            HfArgumentParser._parse_dataclass_field(group, field)
+    parser.set_defaults(**TRAINING_DEFAULTS)
+
+
+def training_arguments(args) -> TrainingArguments:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init and hasattr(args, f.name)}
+    if not values.get("output_dir"):
+        raise ValueError("give --output-dir")
+    return TrainingArguments(**values)
+
+
+def add_method_arguments(parser):
+    g = parser.add_argument_group("method")
+    g.add_argument("--method", default="transkimmer", choices=list(methods.METHODS),
+                   help="transkimmer (default) or dense (the stock transformers baseline)")
+    g.add_argument("--model", required=True, help="checkpoint folder or Hub name (any BERT/RoBERTa)")
+    for name, (type_, help_) in methods.HYPERPARAMETERS.items():
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type_, help=help_ + " (default: the checkpoint's)")
+    g.add_argument("--selector-learning-rate", type=float,
+                   help="learning rate of the token selector's parameters (default: --learning-rate)")
+
+
+def add_arguments(parser):
+    add_method_arguments(parser)
+    add_data_arguments(parser)
+    parser.add_argument("--max-train-samples", type=int, help="train on a seeded random subset of this many rows")
+    from .schedules import add_schedule_arguments  # issue 5: flags of the multi-stage methods
+
+    add_schedule_arguments(parser)
+    add_training_arguments(parser)
+    parser.set_defaults(_parser=parser)  # run() rebuilds the command line for the model card from it
+
+
+def resolve_resume(resume, output_dir):
+    """`--resume-from-checkpoint`: a folder, or "auto"/"true"/"last" for the newest checkpoint in output_dir
+    (a fresh start when there is none). Without it, existing checkpoints are reported, not silently lost."""
+    if resume is None:
+        if Path(output_dir).is_dir() and get_last_checkpoint(output_dir):
+            logger.warning("%s has checkpoints; this run starts over. Pass --resume-from-checkpoint auto to continue.", output_dir)
+        return None
+    if str(resume).lower() in ("auto", "true", "last"):
+        return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if not Path(resume).is_dir():
+        raise FileNotFoundError(f"checkpoint folder not found: {resume}")
+    return resume
+
+
+def method_hyperparameters(args) -> dict:
+    method = methods.get_method(args.method)
+    given = {name: getattr(args, name, None) for name in methods.HYPERPARAMETERS}
+    extra = [name for name, value in given.items() if value is not None and name not in method.hyperparameters]
+    if extra:
+        flags = ", ".join("--" + n.replace("_", "-") for n in extra)
+        raise ValueError(f"{flags} do(es) not apply to --method {args.method}")
+    return {name: given[name] for name in method.hyperparameters}
+
+
+def task_config(spec) -> dict:
+    """Config fields that make a checkpoint fit the task."""
+    if spec.is_regression:
+        return {"num_labels": 1, "problem_type": "regression"}
+    id2label = spec.id2label
+    return {
+        "num_labels": spec.num_labels,
+        "id2label": id2label,
+        "label2id": {name: i for i, name in id2label.items()},
+        "problem_type": "single_label_classification",
+    }
+
+
+def fine_tune(
+    method: str,
+    model_name_or_path: str,
+    raw,
+    spec,
+    training_args: TrainingArguments,
+    hyperparameters: dict | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    selector_learning_rate: float | None = None,
+    resume_from_checkpoint=None,
+):
+    """Fine-tunes and evaluates; returns `(trainer, results)` with results keyed without `eval_`.
+
+    raw: DatasetDict of raw rows with `train` and `validation`; spec: its TaskSpec. The tokenizer's
+    `model_max_length` is set to `max_length`, so the saved folder evaluates the way it was trained.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    tokenizer.model_max_length = max_length
+    model = methods.load_model(method, model_name_or_path, hyperparameters, **task_config(spec))
+    tokenized = data.tokenize(raw, tokenizer, spec, max_length)
+    trainer = SkimTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"],
+        processing_class=tokenizer,
+        data_collator=data.collator(tokenizer),
+        compute_metrics=metrics.build_compute_metrics(spec.name, spec.is_regression, spec.num_labels),
+        selector_learning_rate=selector_learning_rate,
+    )
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    results = strip_prefix(trainer.evaluate())
+    results["num_examples"] = tokenized["validation"].num_rows
+    return trainer, results
+
+
+def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command, max_length, train_rows, extra_training=None):
+    """Writes weights, remote code, tokenizer, eval_results.json and README.md to the output folder.
+
+    Call on every process (saving is collective under some launchers); files come from the main one."""
+    output_dir = trainer.args.output_dir
+    trainer.save_model(output_dir)
+    if not trainer.is_world_process_zero():
+        return None
+    record = results_record(results, output_dir, spec.name, method=method, max_length=max_length)
+    write_results(output_dir, record)
+    args = trainer.args
+    training = {
+        "method": method,
+        "learning_rate": args.learning_rate,
+        "epochs": args.num_train_epochs if args.max_steps <= 0 else f"{args.max_steps} steps",
+        "batch size (global)": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "max length": max_length,
+        "seed": args.seed,
+        **{k: v for k, v in (extra_training or {}).items() if v is not None},
+    }
+    names = metrics.metric_names(spec.name, spec.is_regression, spec.num_labels)
+    modelcard.write(
+        output_dir,
+        model_name=Path(output_dir).resolve().name,
+        method=method,
+        base_model=str(base_model),
+        task=spec.name,
+        task_description=("regression" if spec.is_regression else f"{spec.num_labels}-way classification")
+        + f" on {' + '.join(spec.text_columns)}",
+        dataset_type=spec.name,
+        split="validation",
+        metrics=record,
+        metric_names=names,
+        command=command,
+        training=training,
+        train_description=f"{train_rows} rows",
+        max_length=max_length,
+        trust_remote_code=bool(getattr(trainer.model.config, "auto_map", None)),
+    )
+    return record
+
+
+def run(args):
+    from . import schedules  # issue 5: ltp, early-exit and magic-pyramid train in stages
+
+    if args.method in schedules.SCHEDULES:
+        return schedules.run(args)
+    training_args = training_arguments(args)
+    hyperparameters = method_hyperparameters(args)
+    raw, spec = data.load_task(
+        task=args.task, data_dir=args.data_dir, train_file=args.train_file, validation_file=args.validation_file,
+        dataset_name=args.dataset_name, dataset_config=args.dataset_config, text_columns=args.text_columns,
+        label_column=args.label_column, problem_type=args.problem_type,
+    )
+    raw["train"] = data.subsample(raw["train"], args.max_train_samples, training_args.seed)
+    raw["validation"] = data.subsample(raw["validation"], args.max_eval_samples, training_args.seed)
+    max_length = args.max_length or DEFAULT_MAX_LENGTH
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    trainer, results = fine_tune(
+        args.method, args.model, raw, spec, training_args, hyperparameters, max_length,
+        args.selector_learning_rate, resume,
+    )
+    record = save_hub_folder(
+        trainer, results, spec, method=args.method, base_model=args.model,
+        command=modelcard.command_line("tokenskim train", args._parser, args), max_length=max_length,
+        train_rows=raw["train"].num_rows,
+        extra_training={
+            **{name: getattr(trainer.model.config, name, None) for name in hyperparameters},
+            "selector learning rate": args.selector_learning_rate,
+        },
+    )
+    if record is not None:
+        print(format_results(record, metrics.metric_names(spec.name, spec.is_regression, spec.num_labels)))
+        print(f"saved to {training_args.output_dir}")
+    return 0

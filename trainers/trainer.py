@@ -1,0 +1,193 @@
+"""`SkimTrainer`: the `transformers.Trainer` users know, plus what token skimming needs.
+
+- Training logs the kept-token ratio over real tokens (padding never counts), each layer's keep rate
+  and the auxiliary skim loss, summed over every process and micro-batch since the last log.
+- Evaluation metrics gain `kept_token_ratio`, `flops_ratio` (dense MACs / model MACs, from
+  `tokenskim.modeling.flops`) and the per-layer keep rates. A stock dense model reports 1.0 for both.
+- The loss is a per-batch mean for every model here, so it is divided by the gradient-accumulation steps
+  and averaged by DDP, never rescaled by token counts (see `__init__`).
+- An optional learning rate of its own for the token selector (`selector_learning_rate`).
+
+The model computes its own total loss (task loss + weighted auxiliary loss); the trainer only reads it.
+"""
+
+import torch
+from transformers import Trainer
+
+from tokenskim.modeling.flops import dense_flops, encoder_flops, flops_ratio, kept_token_ratio
+
+
+def selector_of(model):
+    """The token selector of a tokenskim model, or None (stock transformers models have none)."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    return getattr(base, "selector", None)
+
+
+def selector_parameter_names(model) -> set:
+    """Names of the selector's parameters, as `model.named_parameters()` spells them."""
+    selector = selector_of(model)
+    if selector is None:
+        return set()
+    ids = {id(p) for p in selector.parameters()}
+    return {name for name, p in model.named_parameters() if id(p) in ids}
+
+
+def move_to_own_groups(optimizer, params, lr: float):
+    """Moves `params` out of the optimizer's groups into copies of those groups with learning rate `lr`.
+
+    Keeps each group's other settings (weight decay). The optimizer must not have stepped yet.
+    """
+    ids = {id(p) for p in params}
+    new_groups = []
+    for group in optimizer.param_groups:
+        moved = [p for p in group["params"] if id(p) in ids]
+        if moved:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+            new_groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": moved, "lr": lr})
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+    for group in new_groups:
+        optimizer.add_param_group(group)
+    return optimizer
+
+
+def eval_counts(outputs, attention_mask, num_layers: int) -> tuple:
+    """Per-example token counts of one evaluation batch.
+
+    Returns lengths `[batch]` (real tokens), kept `[batch, layers]` and ffn `[batch, layers]`. A model
+    without `kept_tokens` (stock transformers) ran every real token through every layer.
+    """
+    lengths = attention_mask.sum(1)
+    kept = outputs.get("kept_tokens")
+    if kept is None:
+        dense = lengths[:, None].expand(-1, num_layers)
+        return lengths, dense, dense
+    ffn = outputs.get("ffn_tokens")
+    return lengths, kept, (kept if ffn is None else ffn)
+
+
+def skim_metrics(config, lengths, kept, ffn, selector_macs: int = 0, exit_layer=None) -> dict:
+    """Kept-token ratio, FLOPs ratio and per-layer keep rates of a whole evaluation set.
+
+    lengths `[n]`, kept/ffn `[n, layers]`, exit_layer `[n]` or None.
+    """
+    metrics = {
+        "kept_token_ratio": kept_token_ratio(kept, lengths),
+        "flops_ratio": flops_ratio(dense_flops(lengths, config), encoder_flops(kept, ffn, config, selector_macs)),
+    }
+    per_layer = kept.double().sum(0) / lengths.double().sum()
+    metrics.update({f"keep_rate_layer_{i}": float(r) for i, r in enumerate(per_layer)})
+    if exit_layer is not None:
+        metrics["mean_exit_layer"] = float(exit_layer.double().mean())
+    return metrics
+
+
+class SkimTrainer(Trainer):
+    """A `Trainer` for tokenskim models (and the stock dense baseline, for comparison).
+
+    Args:
+        selector_learning_rate: learning rate of the token selector's parameters (Transkimmer's
+            predictors, LTP's thresholds). None: the same as every other parameter.
+        *args, **kwargs: as for `transformers.Trainer`.
+    """
+
+    def __init__(self, *args, selector_learning_rate: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.selector_learning_rate = selector_learning_rate
+        if selector_learning_rate is not None and not selector_parameter_names(self.model):
+            raise ValueError(f"{type(self.model).__name__} has no token selector; drop --selector-learning-rate")
+        # Every model here returns a per-batch mean loss. Stock transformers classifiers accept **kwargs, which
+        # makes Trainer believe they normalise by `num_items_in_batch`: it would then skip the division by
+        # the gradient-accumulation steps and multiply by the number of processes.
+        self.model_accepts_loss_kwargs = False
+        self._train_sums = None
+        self._eval_batches = None
+
+    # ------------------------------------------------------------------------------------------------
+    # Optimizer
+
+    def create_optimizer(self, model=None):
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if fresh and self.selector_learning_rate is not None:
+            names = selector_parameter_names(self.model)
+            params = [p for n, p in self.model.named_parameters() if n in names]
+            move_to_own_groups(self.optimizer, params, self.selector_learning_rate)
+        return optimizer
+
+    # ------------------------------------------------------------------------------------------------
+    # Training statistics
+
+    def train(self, *args, **kwargs):
+        self._train_sums = None  # nothing left over from an earlier run (or stage) of this trainer
+        return super().train(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training and outputs.get("kept_tokens") is not None:
+            self._record_train(outputs, inputs["attention_mask"])
+        return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _record_train(self, outputs, attention_mask):
+        kept = outputs["kept_tokens"].sum(0).double()  # [layers]
+        skim = outputs.get("skim_loss")
+        row = torch.cat([
+            attention_mask.sum().double().view(1),
+            torch.ones(1, dtype=torch.float64, device=kept.device),
+            (skim.detach().double() if skim is not None else kept.new_zeros(())).view(1),
+            kept,
+        ])  # [real tokens, micro-batches, skim loss, kept per layer]
+        self._train_sums = row if self._train_sums is None else self._train_sums + row
+
+    def _train_statistics(self) -> dict:
+        """Statistics since the last log, summed over processes. Called on every process in lockstep."""
+        sums = self.accelerator.reduce(self._train_sums, reduction="sum")
+        self._train_sums = None
+        real, batches, skim, kept = sums[0], sums[1], sums[2], sums[3:]
+        stats = {"kept_token_ratio": float(kept.sum() / (real * len(kept))), "skim_loss": float(skim / batches)}
+        stats.update({f"keep_rate_layer_{i}": float(k / real) for i, k in enumerate(kept)})
+        return stats
+
+    def log(self, logs, *args, **kwargs):
+        # "loss" marks the periodic training log, which every process reaches at the same step
+        if "loss" in logs and self._train_sums is not None:
+            logs.update(self._train_statistics())
+        super().log(logs, *args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------
+    # Evaluation
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """One evaluation batch: loss, logits and labels as `Trainer` expects, plus the batch's token
+        counts (gathered across processes, duplicates of the last batch dropped) for `skim_metrics`."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        with torch.no_grad(), self.compute_loss_context_manager():
+            outputs = model(**inputs)
+        num_layers = self.model.config.num_hidden_layers
+        counts = eval_counts(outputs, inputs["attention_mask"], num_layers)
+        exit_layer = outputs.get("exit_layer")
+        if exit_layer is not None:
+            counts = (*counts, exit_layer)
+        counts = self.accelerator.gather_for_metrics(tuple(c.contiguous() for c in counts))
+        if self._eval_batches is not None:
+            self._eval_batches.append([c.cpu() for c in counts])
+        loss = outputs["loss"].detach().mean() if labels is not None and outputs.get("loss") is not None else None
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, outputs["logits"].detach(), labels
+
+    def evaluation_loop(self, *args, metric_key_prefix: str = "eval", **kwargs):
+        self._eval_batches = []
+        try:
+            output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kwargs)
+            columns = [torch.cat(c) for c in zip(*self._eval_batches)]
+        finally:
+            self._eval_batches = None
+        if columns:
+            selector = selector_of(self.model)
+            macs = selector.macs_per_token() if selector is not None else 0
+            extra = skim_metrics(self.model.config, *columns[:3], selector_macs=macs,
+                                 exit_layer=columns[3] if len(columns) > 3 else None)
+            output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in extra.items()})
+        return output
