@@ -79,12 +79,22 @@ def varlen_attention(q, k, v, cu_seqlens, lengths, dropout_p: float = 0.0):
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and dropout_p == 0.0 and _HAS_VARLEN:
         max_len = max(lengths)
         return _varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len)
-    # One SDPA call per sequence: faster on CPU than block-diagonal masks or nested tensors.
+    if min(lengths) == max(lengths):  # no ragged edges: one batched call
+        n, heads = len(lengths), q.shape[1]
+        q, k, v = (x.view(n, lengths[0], heads, -1).transpose(1, 2) for x in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p).transpose(1, 2).flatten(0, 1)
+    # One SDPA call per sequence: faster on CPU than block-diagonal masks or nested tensors. The inputs
+    # must be 4-D: 3-D inputs fall back to the slow math kernel on CPU (about 8x slower).
     outs = [
-        F.scaled_dot_product_attention(qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1), dropout_p=dropout_p)
+        F.scaled_dot_product_attention(_bhsd(qi), _bhsd(ki), _bhsd(vi), dropout_p=dropout_p)[0]
         for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths))
     ]
     return torch.cat(outs, dim=1).transpose(0, 1)
+
+
+def _bhsd(x):
+    """`[seq, heads, dim]` -> `[1, heads, seq, dim]` (a view)."""
+    return x.unsqueeze(0).transpose(1, 2)
 
 
 def varlen_attention_with_received(q, k, v, lengths):
