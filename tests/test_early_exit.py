@@ -36,11 +36,11 @@ def load_as(cls, stock, **kwargs):
         return cls.from_pretrained(d, **kwargs)
 
 
-def exiting_model(backbone="bert", cls=None, **kwargs):
-    """A random 3-layer model whose CLS states differ enough between sequences that the exit heads'
-    confidence varies (initializer_range 0.3): with tau = 0.6 some rows exit early, others not."""
+def exiting_model(backbone="bert", cls=None, layers=3, **kwargs):
+    """A random model (3 layers unless told) whose CLS states differ enough between sequences that the exit
+    heads' confidence varies (initializer_range 0.3): with tau = 0.6 some rows exit early, others not."""
     cls = cls or SEQ_CLS[backbone]
-    config = tiny_config(backbone, initializer_range=0.3).to_dict()
+    config = tiny_config(backbone, initializer_range=0.3, num_hidden_layers=layers).to_dict()
     kwargs = {"exit_threshold": 0.6, **kwargs}
     return cls(cls.config_class(**config, **kwargs)).eval()
 
@@ -79,12 +79,15 @@ def test_exits_on_but_never_taken_matches_stock():
 @pytest.mark.parametrize("backbone", ["bert", "roberta"])
 @pytest.mark.parametrize("criterion", ["entropy", "patience"])
 def test_batch_invariance_with_exits(backbone, criterion):
-    model = exiting_model(backbone, exit_criterion=criterion, exit_patience=1)
+    # 5 layers: with patience 1 a row can exit after layer 2, 3 or 4, so rows leave at different layers
+    layers = 5 if criterion == "patience" else 3
+    model = exiting_model(backbone, layers=layers, exit_criterion=criterion, exit_patience=1)
     batch = mixed_batch(MIXED_LENGTHS, pad_id=PAD[backbone])
     with torch.no_grad():
         out = model(**batch)
-        counts = exit_counts(out.exit_layer, 3)
-        assert counts[:2].sum() > 0 and counts[2] > 0, f"some rows should exit early and some not: {counts}"
+        counts = exit_counts(out.exit_layer, layers)
+        assert (counts[:-1] > 0).sum() >= 2 or criterion == "entropy", f"rows should exit at several layers: {counts}"
+        assert counts[:-1].sum() > 0 and counts[-1] > 0, f"some rows should exit early and some not: {counts}"
         for i in range(len(MIXED_LENGTHS)):
             alone = model(**row(batch, i))
             torch.testing.assert_close(alone.logits[0], out.logits[i], atol=1e-5, rtol=0)
@@ -217,6 +220,9 @@ def test_distillation_loss_is_forward_kl_summed_over_heads():
     want = sum((pt * (pt.log() - torch.log_softmax(h, -1))).sum() for h in heads) / 2
     torch.testing.assert_close(self_distillation_loss(heads, teacher), want)
     assert self_distillation_loss(teacher.expand(3, 2, 2), teacher).item() == pytest.approx(0.0, abs=1e-6)
+    teacher.requires_grad_(True)
+    self_distillation_loss(heads.clone().requires_grad_(True), teacher).backward()
+    assert teacher.grad is None  # the teacher is detached
 
 
 def test_trainable_backbone_uses_task_loss():

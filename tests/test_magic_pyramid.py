@@ -33,11 +33,11 @@ def load_as(cls, stock, **kwargs):
         return cls.from_pretrained(d, **kwargs)
 
 
-def pyramid(backbone="bert", **kwargs):
-    """A random 3-layer model that both prunes tokens (theta_L = 0.1) and exits rows (tau = 0.6); the
-    larger initializer_range makes the exit heads' confidence vary between sequences."""
+def pyramid(backbone="bert", layers=3, **kwargs):
+    """A random model (3 layers unless told) that both prunes tokens (theta_L = 0.1) and exits rows
+    (tau = 0.6); the larger initializer_range makes the exit heads' confidence vary between sequences."""
     cls = SEQ_CLS[backbone]
-    config = tiny_config(backbone, initializer_range=0.3).to_dict()
+    config = tiny_config(backbone, initializer_range=0.3, num_hidden_layers=layers).to_dict()
     kwargs = {"final_threshold": 0.1, "exit_threshold": 0.6, **kwargs}
     return cls(cls.config_class(**config, **kwargs)).eval()
 
@@ -61,13 +61,14 @@ def test_pruning_and_exits_off_match_stock(backbone, mode):
 @pytest.mark.parametrize("backbone", ["bert", "roberta"])
 @pytest.mark.parametrize("criterion", ["entropy", "patience"])
 def test_batch_invariance_with_pruning_and_exits(backbone, criterion):
-    model = pyramid(backbone, exit_criterion=criterion, exit_patience=1)
+    layers = 5 if criterion == "patience" else 3  # patience 1: exits possible after layers 2, 3 and 4
+    model = pyramid(backbone, layers=layers, exit_criterion=criterion, exit_patience=1)
     batch = mixed_batch(MIXED_LENGTHS, pad_id=PAD[backbone])
     with torch.no_grad():
         out = model(**batch)
-        counts = exit_counts(out.exit_layer, 3)
-        assert counts[:2].sum() > 0 and counts[2] > 0, f"some rows should exit early and some not: {counts}"
-        ran = torch.arange(3) < out.exit_layer[:, None]  # [batch, layers]: layers each row went through
+        counts = exit_counts(out.exit_layer, layers)
+        assert counts[:-1].sum() > 0 and counts[-1] > 0, f"some rows should exit early and some not: {counts}"
+        ran = torch.arange(layers) < out.exit_layer[:, None]  # [batch, layers]: layers each row went through
         assert torch.any(ran & (out.ffn_tokens < torch.tensor(MIXED_LENGTHS)[:, None])), "nothing pruned"
         for i in range(len(MIXED_LENGTHS)):
             alone = model(**row(batch, i))
