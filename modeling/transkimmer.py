@@ -89,14 +89,23 @@ class SkimPredictor(nn.Sequential):
 
 
 class TranskimmerSelector(TokenSelector):
-    """One `SkimPredictor` before every layer; Gumbel straight-through in training, argmax at inference."""
+    """One `SkimPredictor` before every layer; Gumbel straight-through in training, argmax at inference.
+
+    Reads its settings from the live config, so `model.config.skim_enabled = False` takes effect at once.
+    """
 
     def __init__(self, config):
         super().__init__()
-        self.enabled = config.skim_enabled
-        self.tau = config.gumbel_tau
-        self.loss_weight = config.skim_coefficient
+        self.config = config
         self.predictors = nn.ModuleList([SkimPredictor(config) for _ in range(config.num_hidden_layers)])
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config.skim_enabled)
+
+    @property
+    def loss_weight(self) -> float:
+        return float(self.config.skim_coefficient)
 
     def before_layer(self, layer_idx, hidden, hard):
         if not self.enabled:
@@ -104,7 +113,7 @@ class TranskimmerSelector(TokenSelector):
         logits = self.predictors[layer_idx](hidden).float()
         if hard:
             return logits[..., KEEP] > logits[..., SKIP]
-        return F.gumbel_softmax(logits, tau=self.tau, hard=True)[..., KEEP]
+        return F.gumbel_softmax(logits, tau=float(self.config.gumbel_tau), hard=True)[..., KEEP]
 
     def loss(self, masks, real):
         return keep_ratio_loss(masks, real) if self.enabled else None
@@ -112,7 +121,7 @@ class TranskimmerSelector(TokenSelector):
     def macs_per_token(self):
         if not self.enabled:
             return 0
-        d = self.predictors[0][1].in_features
+        d = self.config.hidden_size
         return d * d + 2 * d  # the two Linear layers of the predictor
 
 
