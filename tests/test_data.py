@@ -128,6 +128,29 @@ def test_known_task_falls_back_to_the_hub_when_online(monkeypatch):
     assert raw["validation"].num_rows == 1
 
 
+def test_hub_glue_copies_are_renamed_and_their_class_ids_accepted(monkeypatch, tiny_tokenizer):
+    monkeypatch.setattr(data, "default_data_dir", lambda: None)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    hub_mrpc = {"sentence1": ["a"], "sentence2": ["b"], "label": [1], "idx": [0]}
+    monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: data.datasets.Dataset.from_dict(hub_mrpc))
+    raw, spec = data.load_task("mrpc")
+    assert {"#1 String", "#2 String", "Quality"} <= set(raw["train"].column_names)
+    hub_rte = {"sentence1": ["a", "c"], "sentence2": ["b", "d"], "label": [1, 0], "idx": [0, 1]}
+    monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: data.datasets.Dataset.from_dict(hub_rte))
+    raw, spec = data.load_task("rte")
+    assert data.tokenize(raw, tiny_tokenizer, spec)["train"]["labels"] == [1, 0]  # ids kept; names map the same
+
+
+def test_hub_dataset_name_with_its_own_validation_split(monkeypatch):
+    calls = []
+    monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or
+                        data.datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}))
+    raw, spec = data.load_task(dataset_name="stanfordnlp/imdb", validation_split="test")
+    assert [k["split"] for _, k in calls] == ["train", "test"]
+    assert spec.labels == (0, 1) and spec.text_columns == ("text",)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The user's own files
 

@@ -49,8 +49,9 @@ class TaskSpec:
     local: split -> LocalFile under the data directory. A split with no file cannot be read locally.
     split_from: for tasks with a single local split (AG News: test only), (split, eval fraction, seed):
         that split is divided into train and validation with a fixed seed.
-    hub: (dataset name, config or None, {our split: hub split}) to use when no local data exists and the
-        Hub is reachable. Hub columns must carry the same names (they do for these datasets).
+    hub: (dataset name, config or None, {our split: hub split}[, {hub column: our column}]) to use when no
+        local data exists and the Hub is reachable. Hub labels may be class ids where the local files have
+        names (GLUE on the Hub): ids follow the order of `labels`.
     """
 
     name: str
@@ -83,8 +84,8 @@ def _glue(folder, train="train.tsv", validation="dev.tsv", **read):
     return {split: LocalFile(f"glue/{folder}/{name}", "csv", read) for split, name in files.items() if name}
 
 
-def _glue_hub(config, validation="validation"):
-    return ("nyu-mll/glue", config, {"train": "train", "validation": validation})
+def _glue_hub(config, validation="validation", renames=None):
+    return ("nyu-mll/glue", config, {"train": "train", "validation": validation}, renames or {})
 
 
 NLI = ("entailment", "not_entailment")
@@ -102,11 +103,11 @@ TASKS = {
         "mrpc", ("#1 String", "#2 String"), label_column="Quality", labels=(0, 1),
         label_names=("not_equivalent", "equivalent"),
         local=_glue("MRPC", encoding="utf-8-sig"),  # the MRPC files start with a BOM
-        hub=None,  # the Hub copy names its columns sentence1/sentence2/label; use --dataset-name for it
+        hub=_glue_hub("mrpc", renames={"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"}),
     ),
     "stsb": TaskSpec(
         "stsb", ("sentence1", "sentence2"), label_column="score", labels=None,
-        local=_glue("STS-B"), hub=None,  # the Hub copy names its score column "label"
+        local=_glue("STS-B"), hub=_glue_hub("stsb", renames={"label": "score"}),
     ),
     "qqp": TaskSpec(
         "qqp", ("question1", "question2"), labels=(0, 1), label_names=("not_duplicate", "duplicate"),
@@ -229,9 +230,10 @@ def load_local_task(spec: TaskSpec, data_dir, splits=SPLITS) -> datasets.Dataset
 
 def load_hub_task(spec: TaskSpec, splits=SPLITS) -> datasets.DatasetDict:
     if spec.hub is None:
-        raise ValueError(f"{spec.name}: no Hub mapping with matching columns; pass --dataset-name and --text-columns")
-    name, config, split_names = spec.hub
-    return datasets.DatasetDict({s: datasets.load_dataset(name, config, split=split_names[s]) for s in splits})
+        raise ValueError(f"{spec.name}: no Hub copy with these columns; pass --dataset-name and --text-columns")
+    name, config, split_names, *renames = spec.hub
+    out = datasets.DatasetDict({s: datasets.load_dataset(name, config, split=split_names[s]) for s in splits})
+    return out.rename_columns(renames[0]) if renames and renames[0] else out
 
 
 def file_read_options(path) -> tuple:
@@ -293,6 +295,7 @@ def load_task(
     validation_file=None,
     dataset_name=None,
     dataset_config=None,
+    validation_split="validation",
     text_columns=None,
     label_column=None,
     problem_type=None,
@@ -301,8 +304,9 @@ def load_task(
     """Loads the requested splits and returns `(DatasetDict, TaskSpec)`.
 
     Sources, first match wins: the user's files (`train_file` / `validation_file`), a Hub dataset
-    (`dataset_name`), a known task's local files (`data_dir`, else `default_data_dir()`), a known task's
-    Hub copy when online. `text_columns` / `label_column` override the task's columns.
+    (`dataset_name`, whose `validation_split` is read as validation), a known task's local files
+    (`data_dir`, else `default_data_dir()`), a known task's Hub copy when online. `text_columns` /
+    `label_column` override the task's columns.
     """
     spec = get_task(task) if task else None
     if train_file or validation_file:
@@ -311,7 +315,8 @@ def load_task(
         if missing:
             raise ValueError(f"no {missing[0]} data: give --{missing[0]}-file")
     elif dataset_name:
-        raw = datasets.DatasetDict({s: datasets.load_dataset(dataset_name, dataset_config, split=s) for s in splits})
+        names = {"train": "train", "validation": validation_split}
+        raw = datasets.DatasetDict({s: datasets.load_dataset(dataset_name, dataset_config, split=names[s]) for s in splits})
     elif spec is None:
         raise ValueError("give --task, or your own data with --train-file/--validation-file, or --dataset-name")
     else:
@@ -349,6 +354,8 @@ def label_to_id(spec: TaskSpec, label2id: dict | None = None):
     if spec.is_regression:
         return float
     mapping = {str(v): i for i, v in enumerate(spec.labels)}
+    if not any(isinstance(v, int) for v in spec.labels):
+        mapping.update({str(i): i for i in range(len(spec.labels))})  # class ids (Hub GLUE) for named labels
     if label2id:
         mapping = {str(k): int(v) for k, v in label2id.items()}
 

@@ -30,6 +30,7 @@ def add_data_arguments(parser):
     g.add_argument("--validation-file", help="your validation data, same formats")
     g.add_argument("--dataset-name", help="a Hub dataset name (online), e.g. nyu-mll/glue")
     g.add_argument("--dataset-config", help="the Hub dataset's configuration, e.g. sst2")
+    g.add_argument("--validation-split", default="validation", help="the Hub dataset's evaluation split (default validation)")
     g.add_argument("--text-columns", type=lambda s: tuple(c for c in s.split(",") if c), metavar="COL[,COL2]",
                    help="text column, or a pair for sentence-pair tasks (default: the task's, else 'text')")
     g.add_argument("--text-column", dest="text_columns", type=lambda s: (s,), help=argparse.SUPPRESS)
@@ -54,8 +55,9 @@ def load_eval_data(args, label2id=None):
     """`(validation Dataset of raw rows, TaskSpec)` from the data flags."""
     raw, spec = data.load_task(
         task=args.task, data_dir=args.data_dir, train_file=None, validation_file=args.validation_file,
-        dataset_name=args.dataset_name, dataset_config=args.dataset_config, text_columns=args.text_columns,
-        label_column=args.label_column, problem_type=args.problem_type, splits=("validation",),
+        dataset_name=args.dataset_name, dataset_config=args.dataset_config, validation_split=args.validation_split,
+        text_columns=args.text_columns, label_column=args.label_column, problem_type=args.problem_type,
+        splits=("validation",),
     )
     return data.subsample(raw["validation"], args.max_eval_samples, getattr(args, "seed", 42)), spec
 

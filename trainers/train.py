@@ -201,8 +201,8 @@ def run(args):
     hyperparameters = method_hyperparameters(args)
     raw, spec = data.load_task(
         task=args.task, data_dir=args.data_dir, train_file=args.train_file, validation_file=args.validation_file,
-        dataset_name=args.dataset_name, dataset_config=args.dataset_config, text_columns=args.text_columns,
-        label_column=args.label_column, problem_type=args.problem_type,
+        dataset_name=args.dataset_name, dataset_config=args.dataset_config, validation_split=args.validation_split,
+        text_columns=args.text_columns, label_column=args.label_column, problem_type=args.problem_type,
     )
     raw["train"] = data.subsample(raw["train"], args.max_train_samples, training_args.seed)
     raw["validation"] = data.subsample(raw["validation"], args.max_eval_samples, training_args.seed)
