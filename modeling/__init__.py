@@ -66,6 +66,17 @@ from .magic_pyramid import (
     MagicPyramidRobertaForSequenceClassification,
     MagicPyramidRobertaModel,
 )
+from .sttabt import (
+    ApproxNet,
+    STTABTBertConfig,
+    STTABTBertForSequenceClassification,
+    STTABTBertModel,
+    STTABTRobertaConfig,
+    STTABTRobertaForSequenceClassification,
+    STTABTRobertaModel,
+    STTABTSelector,
+    back_track,
+)
 from .transkimmer import (
     TranskimmerBertConfig,
     TranskimmerBertForQuestionAnswering,
@@ -118,3 +129,7 @@ _register_locally(EarlyExitBertConfig, EarlyExitBertModel, EarlyExitBertForSeque
 _register_locally(EarlyExitRobertaConfig, EarlyExitRobertaModel, EarlyExitRobertaForSequenceClassification)
 _register_locally(MagicPyramidBertConfig, MagicPyramidBertModel, MagicPyramidBertForSequenceClassification)
 _register_locally(MagicPyramidRobertaConfig, MagicPyramidRobertaModel, MagicPyramidRobertaForSequenceClassification)
+
+# STTABT
+_register_locally(STTABTBertConfig, STTABTBertModel, STTABTBertForSequenceClassification)
+_register_locally(STTABTRobertaConfig, STTABTRobertaModel, STTABTRobertaForSequenceClassification)

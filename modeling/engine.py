@@ -49,6 +49,14 @@ class TokenSelector(nn.Module):
 
     loss_weight = 0.0
 
+    def plan(self, hidden: torch.Tensor, real: torch.Tensor, hard: bool):
+        """Optional: every layer's gate at once, from the whole batch before layer 0, or None.
+
+        hidden: `[batch, seq, hidden]` embeddings output; real: `[batch, seq]` bool. Returns `[layers, batch, seq]`
+        in the padded layout; the engine then uses `plan[l]` in place of `before_layer(l, ...)`.
+        """
+        return None
+
     def before_layer(self, layer_idx: int, hidden: torch.Tensor, hard: bool):
         """Gate for the tokens about to enter layer `layer_idx`. hidden: `[..., hidden]` -> `[...]`, or None."""
         return None
@@ -66,7 +74,7 @@ class TokenSelector(nn.Module):
         return None
 
     def macs_per_token(self) -> int:
-        """The selector's own cost per scored token and layer, for `flops.encoder_flops`."""
+        """The selector's own cost per scored token and layer (or a callable, see `flops.encoder_flops`)."""
         return 0
 
 
@@ -119,6 +127,7 @@ class SkimEncoder(nn.Module):
         ffn = torch.zeros_like(kept)
         exit_layer = torch.full((batch,), num_layers, dtype=torch.long, device=hidden.device)
         exit_logits = None
+        plan = selector.plan(hidden, real, hard=True)
 
         def drop(x, keep, extra=None):
             """Forwards the rows not kept to the output, and packs the rest."""
@@ -130,7 +139,7 @@ class SkimEncoder(nn.Module):
             return x[rows], (extra[rows] if extra is not None else None)
 
         for i, layer in enumerate(self.layer):
-            keep = selector.before_layer(i, x, hard=True)
+            keep = selector.before_layer(i, x, hard=True) if plan is None else plan[i].flatten()[index]
             if keep is not None:
                 x, _ = drop(x, keep)
             kept[alive, i] = torch.as_tensor(lengths, device=x.device)
@@ -181,6 +190,7 @@ class SkimEncoder(nn.Module):
         cls = F.one_hot(real.to(torch.int8).argmax(1), seq).to(hidden.dtype)  # first real token of each row
         m = realf  # cumulative keep mask, [B, S]
         masks, kept, ffn, layer_cls = [], [], [], []
+        plan = selector.plan(hidden, real, hard=False)
 
         def gate(m, g):
             if g is None:
@@ -189,7 +199,7 @@ class SkimEncoder(nn.Module):
             return m * g
 
         for i, layer in enumerate(self.layer):
-            m = gate(m, selector.before_layer(i, x, hard=False))
+            m = gate(m, selector.before_layer(i, x, hard=False) if plan is None else plan[i])
             kept.append((m > 0.5).sum(1))
 
             sa = layer.attention.self

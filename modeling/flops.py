@@ -18,11 +18,14 @@ def encoder_flops(kept_tokens, ffn_tokens, config, selector_macs_per_token: int 
     """MACs per example `[batch]` from per-layer counts `[batch, layers]` (see `SkimModelOutput`).
 
     selector_macs_per_token: the token selector's own cost per token and layer (e.g. Transkimmer's
-    predictor), charged on the tokens it scores.
+    predictor), charged on the tokens it scores; or, for a selector whose cost is not per kept token (STTABT's
+    ApproxNet runs once over every real token), a callable `kept_tokens [batch, layers] -> MACs [batch]`.
     """
     kept, ffn = kept_tokens.double(), ffn_tokens.double()
-    macs = layer_macs(kept, ffn, config.hidden_size, config.intermediate_size) + selector_macs_per_token * kept
-    return macs.sum(-1)
+    macs = layer_macs(kept, ffn, config.hidden_size, config.intermediate_size).sum(-1)
+    if callable(selector_macs_per_token):
+        return macs + selector_macs_per_token(kept_tokens).double()
+    return macs + selector_macs_per_token * kept.sum(-1)
 
 
 def dense_flops(lengths, config) -> torch.Tensor:

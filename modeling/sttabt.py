@@ -1,0 +1,520 @@
+"""STTABT: Sparse Token Transformers with Attention Back-Tracking (Lee et al., ICLR 2023).
+
+Every layer's keep set is decided up front, before the main encoder runs:
+
+1. ApproxNet, the same encoder shrunk (hidden and FFN sizes divided by `approx_factor`, same depth and head
+   count), runs over each whole sequence and gives its attention maps, averaged over heads.
+2. Attention back-tracking starts from the token the task reads (CLS for classification) and walks from
+   the last layer down: the importance of the tokens entering layer l is what the kept tokens of layer l + 1
+   (the outputs of layer l) give them through layer l's attention rows, weighted by their own importance.
+3. Concrete masking turns the importance s (normalised to (0, 1]) into a keep mask with a learnable
+   per-layer keep probability p_l: `mask = sigmoid((logit p_l + logit s) / T)`, T = 0.1. Training uses this
+   soft mask; inference thresholds it at 0.5 (`logit p_l + logit s > 0`), and the engine physically drops
+   the tokens before each layer. Each lower layer keeps a superset of the layer above.
+
+ApproxNet learns by distillation from the main model's dense pass (per-head attention KL, hidden-state MSE
+through a projection, prediction KL); p_l learns from the task loss and a keep-ratio term. The main model's
+gradients come from the task loss only.
+
+Choices and differences from the paper / reference code, on purpose:
+- ApproxNet reads the main model's embeddings output through a down-projection (`d -> d / k`) instead of
+  owning small embeddings: the main embeddings are computed anyway, so this costs one `d x d/k` matmul per
+  token (counted in FLOPs); there is no second vocabulary table (BERT-base at k = 4 would add 5.9M
+  parameters); RoBERTa's position-id rules come for free; and ApproxNet starts from pretrained token
+  representations. The input is detached so distillation never changes the main model's embeddings.
+- Layer 0 never prunes: the tokens entering the first layer are all real tokens, and back-tracking stops
+  at layer 1 (the paper also back-tracks through the first layer and drops input tokens). ApproxNet has
+  already paid for every token at that point; in exchange `kept_tokens[:, 0]` is each sequence's real
+  length, which lets the FLOPs accounting charge ApproxNet's (quadratic) cost exactly through
+  `macs_per_token` without any other input.
+- Importance never decreases going down for tokens already kept (`s_l >= s_{l+1}` on kept tokens): a kept
+  token's own state is needed below through the residual path. Without this, CLS would carry only its
+  self-attention weight into lower layers.
+- Keep sets are thresholded per sequence (no batch-wide top-k as in the reference code), so a sequence is
+  pruned the same way alone or in any batch, and tokens are removed from the packed batch, not masked.
+- The keep-ratio term counts real tokens only (padding is never scored or counted) and is an L1 term
+  (`skim_coefficient * mean keep ratio`), or `(ratio - target)^2` with `target_keep_ratio`.
+"""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import BertConfig, RobertaConfig
+from transformers.models.bert.modeling_bert import BertLayer
+
+from .engine import (
+    SkimForSequenceClassification,
+    SkimModel,
+    SkimModelOutput,
+    SkimSequenceClassifierOutput,
+    TokenSelector,
+    register_family,
+)
+from .flops import layer_macs
+
+EPS = 1e-6  # importance scores are clamped to [EPS, 1 - EPS] before the logit
+
+
+@dataclass
+class STTABTFields:
+    r"""STTABT's configuration fields.
+
+    skim_enabled: False runs the same engine with every token kept (ApproxNet is not run).
+    approx_factor: ApproxNet's hidden and FFN sizes are the main model's divided by this (4 or 8 in the paper).
+    concrete_temperature: T of the Concrete mask `sigmoid((logit p + logit s) / T)` used in training.
+    keep_logit_init: initial logit p_l of every layer's keep probability; a token is kept at inference when
+        its normalised importance s > 1 - p_l, so a high value starts by keeping almost everything.
+    skim_coefficient: weight of the keep-ratio term.
+    target_keep_ratio: None for an L1 keep-ratio term; a number r for `(keep ratio - r)^2`.
+    attention_distill_weight, hidden_distill_weight, prediction_distill_weight: weights of ApproxNet's
+        distillation terms (per-head attention KL, hidden-state MSE, prediction KL).
+    """
+
+    skim_enabled: bool = True
+    approx_factor: int = 4
+    concrete_temperature: float | int = 0.1
+    keep_logit_init: float | int = 3.0
+    skim_coefficient: float | int = 0.5
+    target_keep_ratio: float | int | None = None
+    attention_distill_weight: float | int = 1.0
+    hidden_distill_weight: float | int = 1.0
+    prediction_distill_weight: float | int = 1.0
+
+
+@strict
+class STTABTBertConfig(BertConfig, STTABTFields):
+    r"""BERT configuration plus STTABT's fields (see `STTABTFields`)."""
+
+    model_type = "sttabt-bert"
+
+
+@strict
+class STTABTRobertaConfig(RobertaConfig, STTABTFields):
+    r"""RoBERTa configuration plus STTABT's fields (see `STTABTFields`)."""
+
+    model_type = "sttabt-roberta"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Attention with probabilities, and one stock layer run on rows
+
+
+def padded_attention(q, k, v, real):
+    """Softmax attention over a padded batch, padding keys excluded.
+
+    q, k, v: `[B, S, heads, head_dim]`; real: `[B, S]` bool.
+    Returns context `[B, S, heads, head_dim]` and probabilities `[B, heads, S, S]` (float32, zero on
+    padding keys; rows of padding queries are never used).
+    """
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    scores = ((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)).float()
+    probs = torch.softmax(scores.masked_fill_(~real[:, None, None, :], float("-inf")), dim=-1)
+    return (probs.to(v.dtype) @ v).transpose(1, 2), probs
+
+
+def packed_rows_attention(q, k, v, rows, real):
+    """`padded_attention` for packed rows: q, k, v `[total, heads, head_dim]` are the real tokens at flat
+    positions `rows` `[total]` of the `[B, S]` batch `real`. They are padded for one batched softmax (a few
+    large ops instead of a loop over sequences: ApproxNet's attention is small, the loop overhead is not).
+
+    Returns context `[total, heads, head_dim]` and probabilities `[B, heads, S, S]`.
+    """
+    batch, seq = real.shape
+
+    def pad(t):
+        return t.new_zeros(batch * seq, *t.shape[1:]).index_copy_(0, rows, t).view(batch, seq, *t.shape[1:])
+
+    ctx, probs = padded_attention(pad(q), pad(k), pad(v), real)
+    return ctx.flatten(0, 1)[rows], probs
+
+
+def run_layer(layer: BertLayer, x: torch.Tensor, attention):
+    """One stock `BertLayer` on rows `x` `[..., d]`, mixing tokens with `attention(q, k, v) -> (ctx, probs)`.
+
+    q, k, v and ctx are `[..., heads, head_dim]`. Returns the layer output `[..., d]` and the probabilities.
+    """
+    sa = layer.attention.self
+    q, k, v = (proj(x).unflatten(-1, (sa.num_attention_heads, sa.attention_head_size)) for proj in (sa.query, sa.key, sa.value))
+    ctx, probs = attention(q, k, v)
+    attn = layer.attention.output(ctx.flatten(-2), x)
+    return layer.output(layer.intermediate(attn), attn), probs
+
+
+@contextmanager
+def eval_mode(*modules):
+    """Dropout off in `modules` for the duration (the teacher pass of a training step); every submodule's
+    own mode is restored afterwards."""
+    was = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for m, training in was:
+            m.training = training
+
+
+@torch.no_grad()
+def dense_teacher(layers, hidden, real):
+    """The main encoder layers run densely (every real token, no dropout) with per-head probabilities.
+
+    layers: the main model's `BertLayer`s; hidden: `[B, S, d]` embeddings output; real: `[B, S]` bool.
+    Returns probabilities `[L, B, heads, S, S]` and hidden states after each layer `[L, B, S, d]`.
+    """
+    probs, states = [], []
+    x = hidden
+    with eval_mode(*layers):
+        for layer in layers:
+            x, p = run_layer(layer, x, lambda q, k, v: padded_attention(q, k, v, real))
+            probs.append(p)
+            states.append(x)
+    return torch.stack(probs), torch.stack(states)
+
+
+# ----------------------------------------------------------------------------------------------------
+# ApproxNet
+
+
+def approx_config(config) -> BertConfig:
+    """ApproxNet's config: the main one with hidden and FFN sizes divided by `approx_factor`.
+
+    Depth and head count stay, so each ApproxNet head distils one main head.
+    """
+    k = int(config.approx_factor)
+    d, f, heads = config.hidden_size, config.intermediate_size, config.num_attention_heads
+    if k < 1 or d % k or f % k or (d // k) % heads:
+        raise ValueError(
+            f"approx_factor {k} must divide hidden_size ({d}) and intermediate_size ({f}), and hidden_size / "
+            f"approx_factor must be a multiple of num_attention_heads ({heads})"
+        )
+    return BertConfig(
+        hidden_size=d // k, intermediate_size=f // k, num_attention_heads=heads,
+        num_hidden_layers=config.num_hidden_layers, hidden_act=config.hidden_act, layer_norm_eps=config.layer_norm_eps,
+        hidden_dropout_prob=config.hidden_dropout_prob, attention_probs_dropout_prob=0.0,
+        initializer_range=config.initializer_range,
+    )
+
+
+@dataclass
+class ApproxNetOutput:
+    """attention: `[L, B, S, S]` head-averaged probabilities of each layer (zero on padding keys).
+    rows: `[total]` flat positions `b * S + s` of the real tokens, in packed order.
+    With `keep_all` only: head_probs `[L, B, heads, S, S]` and hidden_states `[L, total, d / k]` (packed rows)."""
+
+    attention: torch.Tensor
+    rows: torch.Tensor
+    head_probs: torch.Tensor = None
+    hidden_states: torch.Tensor = None
+
+
+class ApproxNet(nn.Module):
+    """The main encoder shrunk by `approx_factor`, reading the main embeddings through `down`.
+
+    Linear layers run on the real tokens only (`[total, d / k]`), attention on the padded batch in one
+    call per layer. `hidden_proj`, `pooler` and `classifier` serve distillation only (hidden-state MSE and
+    prediction KL) and are not run at inference.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        small = approx_config(config)
+        self.down = nn.Linear(config.hidden_size, small.hidden_size)
+        self.down_norm = nn.LayerNorm(small.hidden_size, eps=config.layer_norm_eps)
+        self.layer = nn.ModuleList([BertLayer(small, layer_idx=i) for i in range(small.num_hidden_layers)])
+        self.hidden_proj = nn.Linear(small.hidden_size, config.hidden_size)
+        self.pooler = nn.Linear(small.hidden_size, small.hidden_size)
+        self.classifier = nn.Linear(small.hidden_size, config.num_labels)
+
+    def forward(self, hidden, real, keep_all: bool = False) -> ApproxNetOutput:
+        """hidden: `[B, S, d]` main embeddings output (detached here); real: `[B, S]` bool.
+        keep_all: also return what distillation needs (per-head probabilities, hidden states)."""
+        rows = real.flatten().nonzero().squeeze(1)
+        x = self.down_norm(self.down(hidden.detach().flatten(0, 1)[rows]))
+        maps, probs, states = [], [], []
+        for layer in self.layer:
+            x, p = run_layer(layer, x, lambda q, k, v: packed_rows_attention(q, k, v, rows, real))
+            maps.append(p.mean(1))
+            if keep_all:
+                probs.append(p)
+                states.append(x)
+        if not keep_all:
+            return ApproxNetOutput(attention=torch.stack(maps), rows=rows)
+        return ApproxNetOutput(torch.stack(maps), rows, torch.stack(probs), torch.stack(states))
+
+    def logits(self, hidden_states, real):
+        """ApproxNet's own prediction from its final CLS state: hidden_states `[L, total, d/k]` -> `[B, labels]`."""
+        first = F.pad(real.sum(1).cumsum(0), (1, 0))[:-1]  # packed row of each sequence's first real token
+        return self.classifier(torch.tanh(self.pooler(hidden_states[-1][first])))
+
+
+def first_real(real):
+    """`[B, S]` bool -> `[B]` position of each row's first real token (its CLS)."""
+    return real.to(torch.int8).argmax(1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Attention back-tracking and Concrete masks
+
+
+def normalise(raw, real):
+    """Importance `[B, S]` >= 0 -> (0, 1], divided by each row's maximum over real tokens (0 on padding)."""
+    raw = raw * real
+    return raw / raw.amax(-1, keepdim=True).clamp_min(1e-30)
+
+
+def concrete_mask(keep_logit, score, temperature: float, hard: bool):
+    """`sigmoid((logit p + logit s) / T)`, or its 0.5 threshold (bool) when `hard`. score `[...]` in [0, 1]."""
+    z = keep_logit + torch.logit(score.clamp(EPS, 1 - EPS))
+    return z > 0 if hard else torch.sigmoid(z / temperature)
+
+
+def back_track(attention, real, keep_logits, temperature: float, hard: bool):
+    """Every layer's keep set, from the CLS output down through ApproxNet's attention.
+
+    attention: `[L, B, S, S]` head-averaged attention of each layer (query rows, key columns, zero on padding).
+    real: `[B, S]` bool. keep_logits: `[L]` logit p_l. hard: bool masks (inference) or soft Concrete masks.
+
+    For l = L-1 down to 1: `raw_j = sum_i w_i A_l[i, j]` with `w = importance * mask` of the tokens entering
+    layer l + 1 (after the last layer only CLS, importance 1); `s_l = max(raw / max(raw), w)`;
+    `mask_l = concrete(p_l, s_l)` or-ed with `mask_{l+1}` (a superset of the layer above; soft: max).
+    Layer 0 keeps every real token.
+
+    Returns masks `[L, B, S]` (bool if hard, else float32 in [0, 1]) and importance `[L, B, S]` float32
+    (row 0: the real-token mask).
+    """
+    num_layers = attention.shape[0]
+    realf = real.float()
+    cls = F.one_hot(first_real(real), real.shape[1]).float()
+    importance, mask = cls, cls  # after the last layer, only CLS is needed
+    masks, scores = [None] * num_layers, [None] * num_layers
+    for l in range(num_layers - 1, 0, -1):
+        w = importance * mask.float()
+        s = torch.maximum(normalise(torch.einsum("bi,bij->bj", w, attention[l].float()), realf), w)
+        keep = concrete_mask(keep_logits[l].float(), s, temperature, hard)
+        mask = (keep & real) | mask.bool() if hard else torch.maximum(keep * realf, mask)
+        masks[l], scores[l], importance = mask, s, s
+    masks[0] = real if hard else realf
+    scores[0] = realf
+    return torch.stack(masks), torch.stack(scores)
+
+
+def masks_to_gates(masks, hard: bool):
+    """Per-layer gates for the engine, which multiplies them cumulatively: `gate_l = M_l / M_{l-1}`, so its
+    running product is exactly `M_l` (nested masks: `M_l <= M_{l-1}`). Hard masks are their own gates."""
+    if hard:
+        return masks
+    prev = torch.cat([torch.ones_like(masks[:1]), masks[:-1]])
+    return masks / prev.clamp_min(1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Losses
+
+
+def keep_ratio(masks, real):
+    """Mean over layers and examples of (kept real tokens / real tokens): masks `[L, B, S]` or a list."""
+    realf = real.to(masks[0].dtype)
+    return torch.stack([(m * realf).sum(1) / realf.sum(1) for m in masks]).mean()
+
+
+def attention_kl(teacher, student, real):
+    """Mean over layers, heads and real query rows of KL(teacher row || student row).
+
+    teacher, student: `[L, B, heads, S, S]` probabilities (zero on padding keys); real: `[B, S]` bool.
+    """
+    t, s = teacher.float(), student.float()
+    kl = (t * (t.clamp_min(1e-12).log() - s.clamp_min(1e-12).log())).sum(-1)  # [L, B, heads, S]
+    rows = real.float()[None, :, None, :]
+    return (kl * rows).sum() / (rows.sum() * kl.shape[0] * kl.shape[2])
+
+
+def hidden_mse(teacher, student):
+    """Mean squared error over layers, tokens and features: teacher, student `[L, tokens, d]` (real tokens only)."""
+    return F.mse_loss(student.float(), teacher.float())
+
+
+def prediction_kl(teacher_logits, student_logits):
+    """KL(softmax(teacher) || softmax(student)) per example, averaged; MSE for a single (regression) output."""
+    if teacher_logits.shape[-1] == 1:
+        return F.mse_loss(student_logits.float(), teacher_logits.float())
+    return F.kl_div(
+        F.log_softmax(student_logits.float(), -1), F.log_softmax(teacher_logits.float(), -1),
+        log_target=True, reduction="batchmean",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Selector
+
+
+@dataclass
+class _TrainingBatch:
+    """What `plan` saw in training, for the distillation terms of the same forward pass."""
+
+    hidden: torch.Tensor
+    real: torch.Tensor
+    approx: ApproxNetOutput
+
+
+class STTABTSelector(TokenSelector):
+    """ApproxNet + attention back-tracking + Concrete masks, planned once per batch (`plan`).
+
+    Reads its settings from the live config (`model.config.skim_enabled = False` takes effect at once).
+    Parameters: `keep_logits` `[layers]` (logit p_l; entry 0 unused, layer 0 never prunes) and `approx`.
+    """
+
+    loss_weight = 1.0  # `loss()` and the distillation terms carry their own weights
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.approx = ApproxNet(config)
+        self.keep_logits = nn.Parameter(torch.full((config.num_hidden_layers,), float(config.keep_logit_init)))
+        self._batch = None
+
+    def init_skim_weights(self, init):
+        init.constant_(self.keep_logits, float(self.config.keep_logit_init))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.config.skim_enabled)
+
+    def plan(self, hidden, real, hard):
+        """`[L, B, S]` gates: bool keep masks (inference) or Concrete gates (training); None when disabled."""
+        if not self.enabled:
+            return None
+        approx = self.approx(hidden, real, keep_all=self.training)
+        masks, _ = back_track(approx.attention, real, self.keep_logits, float(self.config.concrete_temperature), hard)
+        self._batch = _TrainingBatch(hidden, real, approx) if self.training else None
+        return masks_to_gates(masks, hard)
+
+    def loss(self, masks, real):
+        """The keep-ratio term over the layers that can prune (1..L-1), real tokens only, weighted."""
+        if not self.enabled or len(masks) < 2:
+            return None
+        ratio = keep_ratio(masks[1:], real)
+        target = self.config.target_keep_ratio
+        term = ratio if target is None else (ratio - float(target)) ** 2
+        return float(self.config.skim_coefficient) * term
+
+    @property
+    def distills(self) -> bool:
+        """Whether the distillation terms are computed: some weight > 0 and ApproxNet is trainable."""
+        c = self.config
+        weights = (c.attention_distill_weight, c.hidden_distill_weight, c.prediction_distill_weight)
+        return any(float(w) > 0 for w in weights) and any(p.requires_grad for p in self.approx.parameters())
+
+    def pop_training_batch(self):
+        batch, self._batch = self._batch, None
+        return batch
+
+    def distillation_loss(self, batch: _TrainingBatch, teacher_probs, teacher_states):
+        """Weighted attention KL + hidden-state MSE of ApproxNet against the dense main model."""
+        c, approx = self.config, batch.approx
+        loss = float(c.attention_distill_weight) * attention_kl(teacher_probs, approx.head_probs, batch.real)
+        projected = self.approx.hidden_proj(approx.hidden_states)  # [L, total, d]
+        return loss + float(c.hidden_distill_weight) * hidden_mse(teacher_states.flatten(1, 2)[:, approx.rows], projected)
+
+    def macs_per_token(self):
+        """ApproxNet's cost is not per kept token: it runs once over every real token. Returns a callable
+        `kept_tokens [batch, layers] -> [batch]` MACs for `flops.encoder_flops` (0 when disabled)."""
+        return self.approx_macs if self.enabled else 0
+
+    def approx_macs(self, kept_tokens):
+        """MACs per example `[batch]` of what `plan` computes at inference, from `kept_tokens[:, 0]` (layer 0
+        keeps every real token): down-projection, ApproxNet's layers, head averaging and back-tracking."""
+        n = kept_tokens[:, 0].double()
+        small, num_layers = self.approx.layer[0], len(self.approx.layer)
+        d_a, f_a = small.intermediate.dense.in_features, small.intermediate.dense.out_features
+        heads = small.attention.self.num_attention_heads
+        layers = num_layers * layer_macs(n, n, d_a, f_a)
+        return self.approx.down.in_features * d_a * n + layers + (num_layers * heads + num_layers - 1) * n * n
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models
+
+
+@dataclass
+class STTABTModelOutput(SkimModelOutput):
+    """`SkimModelOutput` plus, in training: `teacher_hidden_state` `[B, S, d]` (the dense main model's last
+    layer, no gradient) and `approx_logits` `[B, labels]` (ApproxNet's prediction), for the prediction KL."""
+
+    teacher_hidden_state: torch.Tensor = None
+    approx_logits: torch.Tensor = None
+
+
+class STTABTModelMixin:
+    """Adds ApproxNet's attention and hidden-state distillation to the base model's training loss."""
+
+    def forward(self, *args, **kwargs) -> STTABTModelOutput:
+        out = STTABTModelOutput(**super().forward(*args, **kwargs))
+        batch = self.selector.pop_training_batch()
+        if batch is None or not self.selector.distills:
+            return out
+        teacher_probs, teacher_states = dense_teacher(self.encoder.layer, batch.hidden.detach(), batch.real)
+        distill = self.selector.distillation_loss(batch, teacher_probs, teacher_states)
+        out.skim_loss = distill if out.skim_loss is None else out.skim_loss + distill
+        out.teacher_hidden_state = teacher_states[-1]
+        out.approx_logits = self.selector.approx.logits(batch.approx.hidden_states, batch.real)
+        return out
+
+
+class STTABTForSequenceClassificationMixin:
+    """Adds the prediction KL (dense main model -> ApproxNet's head) to the training loss."""
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, return_dict=True, **kwargs):
+        out = self.skim_model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs,
+        )
+        logits = self.classify(out.last_hidden_state, out.pooler_output)
+        skim_loss = out.skim_loss
+        weight = float(self.config.prediction_distill_weight)
+        if out.approx_logits is not None and weight > 0:
+            teacher = out.teacher_hidden_state
+            pooler = self.skim_model.pooler
+            with torch.no_grad(), eval_mode(self):
+                teacher_logits = self.classify(teacher, pooler(teacher) if pooler is not None else None)
+            skim_loss = skim_loss + weight * prediction_kl(teacher_logits, out.approx_logits)
+        return SkimSequenceClassifierOutput(
+            loss=self._total_loss(self.task_loss(logits, labels), skim_loss),
+            logits=logits,
+            skim_loss=skim_loss,
+            kept_tokens=out.kept_tokens,
+            ffn_tokens=out.ffn_tokens,
+            exit_layer=out.exit_layer,
+        )
+
+
+class STTABTBertModel(STTABTModelMixin, SkimModel):
+    config_class = STTABTBertConfig
+    base_model_prefix = "bert"
+    selector_class = STTABTSelector
+
+
+class STTABTBertForSequenceClassification(STTABTForSequenceClassificationMixin, SkimForSequenceClassification):
+    config_class = STTABTBertConfig
+    base_model_prefix = "bert"
+    base_model_class = STTABTBertModel
+
+
+class STTABTRobertaModel(STTABTModelMixin, SkimModel):
+    config_class = STTABTRobertaConfig
+    base_model_prefix = "roberta"
+    selector_class = STTABTSelector
+
+
+class STTABTRobertaForSequenceClassification(STTABTForSequenceClassificationMixin, SkimForSequenceClassification):
+    config_class = STTABTRobertaConfig
+    base_model_prefix = "roberta"
+    base_model_class = STTABTRobertaModel
+
+
+register_family(STTABTBertConfig, [STTABTBertModel, STTABTBertForSequenceClassification])
+register_family(STTABTRobertaConfig, [STTABTRobertaModel, STTABTRobertaForSequenceClassification])
