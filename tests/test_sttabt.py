@@ -299,3 +299,11 @@ def test_edge_cases_cls_only_and_everything_dropped():
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_bf16_cpu_inference_is_finite():
+    model = skimming_model().to(torch.bfloat16)
+    with torch.no_grad():
+        out = model(**mixed_batch(MIXED_LENGTHS))
+    assert torch.isfinite(out.logits.float()).all()
+    assert out.kept_tokens[:, -1].sum() < out.kept_tokens[:, 0].sum()
