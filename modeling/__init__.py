@@ -25,6 +25,17 @@ from .engine import (
     TokenSelector,
     keep_ratio_loss,
 )
+from .block_skim import (
+    BlockPredictor,
+    BlockSkimBertConfig,
+    BlockSkimBertForQuestionAnswering,
+    BlockSkimBertModel,
+    BlockSkimForQA,
+    BlockSkimRobertaConfig,
+    BlockSkimRobertaForQuestionAnswering,
+    BlockSkimRobertaModel,
+    BlockSkimSelector,
+)
 from .early_exit import (
     EarlyExitBertConfig,
     EarlyExitBertForSequenceClassification,
@@ -133,3 +144,7 @@ _register_locally(MagicPyramidRobertaConfig, MagicPyramidRobertaModel, MagicPyra
 # STTABT
 _register_locally(STTABTBertConfig, STTABTBertModel, STTABTBertForSequenceClassification)
 _register_locally(STTABTRobertaConfig, STTABTRobertaModel, STTABTRobertaForSequenceClassification)
+
+# Block-Skim (extractive QA)
+_register_locally(BlockSkimBertConfig, BlockSkimBertModel, BlockSkimBertForQuestionAnswering)
+_register_locally(BlockSkimRobertaConfig, BlockSkimRobertaModel, BlockSkimRobertaForQuestionAnswering)

@@ -29,9 +29,11 @@ from .packing import (
     first_rows,
     keep_rows,
     lengths_to_cu,
+    padded_attention_blocks,
     row_to_sequence,
     unpad,
     varlen_attention,
+    varlen_attention_with_blocks,
     varlen_attention_with_received,
 )
 
@@ -65,8 +67,14 @@ class TokenSelector(nn.Module):
         """Whether `after_attention` of this layer needs the attention each token receives."""
         return False
 
-    def after_attention(self, layer_idx: int, received: torch.Tensor, hard: bool):
-        """Gate after the attention of layer `layer_idx`, from the attention received `[...]`, or None."""
+    def attention_block_size(self, layer_idx: int) -> int:
+        """Block size b > 0 if `after_attention` of this layer needs the diagonal b x b blocks of each
+        sequence's attention probabilities (`AttentionBlocks`, Block-Skim's signal), else 0."""
+        return 0
+
+    def after_attention(self, layer_idx: int, received, hard: bool):
+        """Gate after the attention of layer `layer_idx`, or None, from what the selector asked for: the
+        attention each token receives `[...]` or the `AttentionBlocks` (their `token_block` has the gate's shape)."""
         return None
 
     def loss(self, masks: list, real: torch.Tensor):
@@ -121,6 +129,7 @@ class SkimEncoder(nn.Module):
         batch, seq, _ = hidden.shape
         num_layers = len(self.layer)
         x, index, cu, lengths = unpad(hidden, real)
+        rank = (real.long().cumsum(1) - 1).flatten()  # position among the real tokens, for attention blocks
         out = hidden.new_zeros(batch * seq, hidden.shape[-1])
         alive = torch.arange(batch, device=hidden.device)  # batch index of each packed sequence
         kept = torch.zeros(batch, num_layers, dtype=torch.long, device=hidden.device)
@@ -148,6 +157,9 @@ class SkimEncoder(nn.Module):
             q, k, v = (_split_heads(proj(x), sa) for proj in (sa.query, sa.key, sa.value))
             if selector.needs_received_attention(i):
                 ctx, received = varlen_attention_with_received(q, k, v, lengths)
+            elif selector.attention_block_size(i):
+                size = selector.attention_block_size(i)
+                ctx, received = varlen_attention_with_blocks(q, k, v, lengths, size, rank[index], alive)
             else:
                 ctx, received = varlen_attention(q, k, v, cu, lengths), None
             attn = layer.attention.output(ctx.flatten(1), x)
@@ -205,7 +217,8 @@ class SkimEncoder(nn.Module):
             sa = layer.attention.self
             q, k, v = (_split_heads(proj(x), sa).transpose(1, 2) for proj in (sa.query, sa.key, sa.value))
             ctx, received = _masked_attention(q, k, v, real, m, sa.dropout.p if self.training else 0.0,
-                                              need_received=selector.needs_received_attention(i))
+                                              need_received=selector.needs_received_attention(i),
+                                              block_size=selector.attention_block_size(i))
             attn = layer.attention.output(ctx.transpose(1, 2).flatten(2), x)
 
             m = gate(m, selector.after_attention(i, received, hard=False) if received is not None else None)
@@ -227,16 +240,17 @@ class SkimEncoder(nn.Module):
         )
 
 
-def _masked_attention(q, k, v, real, m, dropout_p, need_received=False):
+def _masked_attention(q, k, v, real, m, dropout_p, need_received=False, block_size=0):
     """Attention over a padded batch whose keys are weighted by the keep mask m `[B, S]`.
 
     Padding is excluded with -inf; kept/dropped tokens by renormalising `p_j * m_j`, which is a masked
     softmax that stays differentiable in m (the reference Transkimmer code multiplied after softmax
     without renormalising). q, k, v: `[B, heads, S, d]`. Returns context `[B, heads, S, d]` and, if
-    asked, the attention each token receives, averaged over heads and kept query rows, `[B, S]`.
+    asked, the attention each token receives, averaged over heads and kept query rows, `[B, S]`, or
+    with `block_size > 0` the `AttentionBlocks` of the kept tokens (pre-dropout probabilities).
     """
     pad = ~real[:, None, None, :]
-    if not need_received and not m.requires_grad and torch.equal(m, real.to(m.dtype)):
+    if not need_received and not block_size and not m.requires_grad and torch.equal(m, real.to(m.dtype)):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=~pad, dropout_p=dropout_p), None
     scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
     probs = torch.softmax(scores.masked_fill(pad, float("-inf")), dim=-1) * m[:, None, None, :].float()
@@ -245,6 +259,8 @@ def _masked_attention(q, k, v, real, m, dropout_p, need_received=False):
     if need_received:
         rows = m.float()[:, None, :, None]  # kept query rows count, dropped and padding rows do not
         received = (probs * rows).sum((1, 2)) / (rows.sum((1, 2)) * probs.shape[1]).clamp_min(1e-9)
+    elif block_size:
+        received = padded_attention_blocks(probs, real, m > 0.5, block_size)
     probs = F.dropout(probs, dropout_p, training=dropout_p > 0).to(v.dtype)
     return probs @ v, received
 

@@ -7,6 +7,8 @@ and in their original order, so the first row of each sequence is its CLS token.
 These are small pure functions on tensors; the encoder loop in `engine.py` composes them.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -107,13 +109,148 @@ def varlen_attention_with_received(q, k, v, lengths):
         context `[total, heads, head_dim]`, received `[total]` float32.
     """
     ctx, received = [], []
+    for probs, c in _sequence_attention(q, k, v, lengths):
+        ctx.append(c)
+        received.append(probs.mean(dim=(0, 1)))
+    return torch.cat(ctx, dim=1).transpose(0, 1), torch.cat(received)
+
+
+@dataclass
+class AttentionBlocks:
+    """The diagonal `size x size` blocks of each sequence's attention probabilities (Block-Skim's signal).
+
+    Blocks tile each sequence's current tokens in order, from its first one: block k holds the tokens of
+    ranks `k*size .. k*size+size-1` among the tokens still in the sequence. A sequence's last block may be
+    shorter; its missing rows and columns are zeros (as padding would give).
+
+    probs: `[blocks, heads, size, size]` float32, real blocks only (no block is all padding).
+    token_block: `[...]` the block of each token, shaped like the decision `after_attention` returns
+        (`[total]` packed rows at inference, `[batch, seq]` in training). Padding and dropped tokens
+        point to some valid block; the engine ignores decisions on them.
+    sequence: `[blocks]` batch index of each block's sequence.
+    start: `[blocks]` position of each block's first token among its sequence's real tokens (the
+        original position for right-padded input, whatever was dropped before).
+    length: `[blocks]` tokens in each block, `size` but for a sequence's last block.
+    """
+
+    probs: torch.Tensor
+    token_block: torch.Tensor
+    sequence: torch.Tensor
+    start: torch.Tensor
+    length: torch.Tensor
+
+
+def diagonal_blocks(probs: torch.Tensor, size: int) -> torch.Tensor:
+    """The `size x size` blocks on the diagonal of attention probabilities, zero-padded at the end.
+
+    Args:
+        probs: `[..., heads, n, n]`.
+
+    Returns:
+        `[..., ceil(n / size), heads, size, size]`.
+    """
+    n = probs.shape[-1]
+    num_blocks = -(-n // size)
+    extra = num_blocks * size - n
+    probs = F.pad(probs, (0, extra, 0, extra))
+    grid = probs.unflatten(-1, (num_blocks, size)).unflatten(-3, (num_blocks, size))  # [..., h, nb, s, nb, s]
+    return grid.diagonal(dim1=-4, dim2=-2).movedim(-1, -4)  # [..., nb, h, s, s]
+
+
+def block_layout(lengths: torch.Tensor, size: int):
+    """Blocks of `size` rows tiling each sequence of a packed batch from its first row.
+
+    Args:
+        lengths: `[n]` sequence lengths (int tensor).
+
+    Returns:
+        row_block `[total]` (block of each row), block_row `[blocks]` (first row of each block),
+        block_length `[blocks]`, block_sequence `[blocks]` (index of each block's sequence); all long.
+    """
+    lengths = lengths.long()
+    per_seq = (lengths + size - 1) // size
+    block_sequence = row_to_sequence(per_seq)
+    first_block = per_seq.cumsum(0) - per_seq
+    first_row = lengths.cumsum(0) - lengths
+    local = torch.arange(len(block_sequence), device=lengths.device) - first_block[block_sequence]
+    block_row = first_row[block_sequence] + local * size
+    block_length = (lengths[block_sequence] - local * size).clamp(max=size)
+    row_sequence = row_to_sequence(lengths)
+    row_local = torch.arange(len(row_sequence), device=lengths.device) - first_row[row_sequence]
+    row_block = first_block[row_sequence] + torch.div(row_local, size, rounding_mode="floor")
+    return row_block, block_row, block_length, block_sequence
+
+
+def _sequence_attention(q, k, v, lengths):
+    """Yields `(probs [heads, n, n] float32, context [heads, n, head_dim])` for each packed sequence."""
     scale = q.shape[-1] ** -0.5
     for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths)):
         qi, ki, vi = qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1)
         probs = torch.softmax((qi @ ki.transpose(1, 2)).float() * scale, dim=-1)
-        ctx.append(probs.to(vi.dtype) @ vi)
-        received.append(probs.mean(dim=(0, 1)))
-    return torch.cat(ctx, dim=1).transpose(0, 1), torch.cat(received)
+        yield probs, probs.to(vi.dtype) @ vi
+
+
+def varlen_attention_with_blocks(q, k, v, lengths, size, rank, sequence_ids):
+    """Like `varlen_attention`, and also the diagonal blocks of each sequence's attention probabilities.
+
+    Args:
+        q, k, v: `[total, heads, head_dim]`; lengths: list of int.
+        size: block size.
+        rank: `[total]` each row's position among its sequence's real tokens.
+        sequence_ids: `[n]` batch index of each packed sequence.
+
+    Returns:
+        context `[total, heads, head_dim]`, `AttentionBlocks` (blocks in packed order).
+    """
+    ctx, blocks = [], []
+    for probs, c in _sequence_attention(q, k, v, lengths):
+        ctx.append(c)
+        blocks.append(diagonal_blocks(probs, size))
+    row_block, block_row, block_length, block_sequence = block_layout(
+        torch.as_tensor(lengths, device=q.device), size
+    )
+    return torch.cat(ctx, dim=1).transpose(0, 1), AttentionBlocks(
+        probs=torch.cat(blocks),
+        token_block=row_block,
+        sequence=sequence_ids[block_sequence],
+        start=rank[block_row],
+        length=block_length,
+    )
+
+
+def padded_attention_blocks(probs: torch.Tensor, real: torch.Tensor, kept: torch.Tensor, size: int) -> AttentionBlocks:
+    """`AttentionBlocks` of a padded batch, tiled over each row's kept tokens as the packed path tiles them.
+
+    Args:
+        probs: `[batch, heads, seq, seq]` attention probabilities (zero on padding and dropped keys).
+        real: `[batch, seq]` bool; kept: `[batch, seq]` bool, the tokens still in (a subset of real).
+        size: block size.
+    """
+    batch, seq = real.shape
+    rank = real.long().cumsum(1) - 1
+    # where each kept token sits once the others are gone (others: the slot of the kept token before them)
+    token_slot = (kept.long().cumsum(1) - 1).clamp_min(0)
+    if not bool((kept[:, 1:] <= kept[:, :-1]).all()):  # kept tokens are not a prefix: move them to the front
+        order = torch.sort((~kept).to(torch.int8), dim=1, stable=True).indices
+        probs = probs.take_along_dim(order[:, None, :, None], 2).take_along_dim(order[:, None, None, :], 3)
+        rank = rank.gather(1, order)
+    counts = kept.sum(1)
+    sorted_kept = torch.arange(seq, device=real.device) < counts[:, None]
+    probs = probs * sorted_kept[:, None, :, None].to(probs.dtype)  # dropped or padding query rows
+    grid = diagonal_blocks(probs, size)  # [batch, nb, heads, size, size]
+    num_blocks = grid.shape[1]
+    local = torch.arange(num_blocks, device=real.device)
+    length = (counts[:, None] - local * size).clamp(0, size)  # [batch, nb]
+    is_real = length > 0
+    number = is_real.flatten().long().cumsum(0).view(batch, num_blocks) - 1  # index among real blocks
+    token_block = number.gather(1, torch.div(token_slot, size, rounding_mode="floor"))
+    return AttentionBlocks(
+        probs=grid[is_real],
+        token_block=token_block,
+        sequence=torch.arange(batch, device=real.device)[:, None].expand(batch, num_blocks)[is_real],
+        start=rank.gather(1, (local * size).clamp(max=seq - 1)[None].expand(batch, -1))[is_real],
+        length=length[is_real],
+    )
 
 
 try:  # torch >= 2.9 ships a variable-length flash-attention entry point for CUDA
