@@ -163,6 +163,19 @@ def test_training_arguments_pass_through():
     assert args.skim_coefficient == 2.0 and args.learning_rate == 2e-5 and args.eval_strategy == "epoch"
 
 
+def test_model_card_command_lists_the_options_that_differ_from_defaults():
+    from tokenskim.trainers import modelcard
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module("tokenskim.trainers.train").add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--output-dir", "o", "--logging-steps", "100", "--text-columns", "a,b",
+                              "--learning_rate", "3e-5", "--seed", "42"])
+    assert modelcard.command_line("tokenskim train", parser, args) == (
+        "tokenskim train --method transkimmer --model m --text-columns a,b --output-dir o --learning-rate 3e-05 "
+        "--logging-steps 100"
+    )
+
+
 def test_demo_runs_end_to_end_on_a_tiny_model(tiny_dir, tmp_path, capsys):
     out = tmp_path / "demo"
     assert command("demo", ["--model", tiny_dir, "--output-dir", str(out), "--train-samples", "32",

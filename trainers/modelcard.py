@@ -57,7 +57,7 @@ def command_line(prog: str, parser: argparse.ArgumentParser, args: argparse.Name
         value = getattr(args, action.dest, None)
         if value is None or isinstance(action, argparse._HelpAction):
             continue
-        if value == parser.get_default(action.dest) and action.dest not in always:
+        if value == _parsed_default(parser, action) and action.dest not in always:
             continue
         seen.add(action.dest)
         flag = max(action.option_strings, key=lambda o: (o.count("-"), len(o)))
@@ -67,8 +67,20 @@ def command_line(prog: str, parser: argparse.ArgumentParser, args: argparse.Name
             joined = " ".join(map(str, value)) if action.nargs in ("+", "*") else ",".join(map(str, value))
             parts += [flag, shlex.quote(joined)]
         else:
-            parts += [flag, shlex.quote(str(value))]
+            text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+            parts += [flag, shlex.quote(text)]
     return " ".join(parts)
+
+
+def _parsed_default(parser, action):
+    """An option's value when it is not given: argparse runs string defaults through the option's type."""
+    default = parser.get_default(action.dest)
+    if isinstance(default, str) and action.type is not None:
+        try:
+            return action.type(default)
+        except (TypeError, ValueError):
+            return default
+    return default
 
 
 def _fmt(value) -> str:
