@@ -13,8 +13,10 @@ Every layer's keep set is decided up front, before the main encoder runs:
    the tokens before each layer. Each lower layer keeps a superset of the layer above.
 
 ApproxNet learns by distillation from the main model's dense pass (per-head attention KL, hidden-state MSE
-through a projection, prediction KL); p_l learns from the task loss and a keep-ratio term. The main model's
-gradients come from the task loss only.
+through a projection, prediction KL); p_l learns from the task loss and a keep-ratio term, which also reach
+ApproxNet through s while it is trainable (the paper trains threshold and importance jointly with the task).
+The main model's gradients come from the task loss only. A staged recipe (dense fine-tune, ApproxNet
+distillation, masked training with ApproxNet frozen) is in `results/sttabt_sst2.py`.
 
 Choices and differences from the paper / reference code, on purpose:
 - ApproxNet reads the main model's embeddings output through a down-projection (`d -> d / k`) instead of
@@ -32,6 +34,9 @@ Choices and differences from the paper / reference code, on purpose:
   self-attention weight into lower layers.
 - Keep sets are thresholded per sequence (no batch-wide top-k as in the reference code), so a sequence is
   pruned the same way alone or in any batch, and tokens are removed from the packed batch, not masked.
+- ApproxNet's linear layers run on the real tokens only; its attention pads q/k/v once per layer for one
+  batched softmax (a loop over sequences cost more in overhead than the padding does). FLOPs count real
+  tokens only, as everywhere in tokenskim; the padding's extra work shows in wall-clock time.
 - The keep-ratio term counts real tokens only (padding is never scored or counted) and is an L1 term
   (`skim_coefficient * mean keep ratio`), or `(ratio - target)^2` with `target_keep_ratio`.
 """
