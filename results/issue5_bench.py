@@ -8,7 +8,7 @@ sweep for early exit and Magic Pyramid (the paper's Table 3); and speedup by len
 batch, medians of paired per-repeat ratios.
 
     python results/issue5_bench.py --task sst2 --dense D --ltp L --early-exit E --magic-pyramid M \\
-        --tau 0.3 --taus 0.1,0.2,0.3,0.5,0.8 --output results/issue5_sst2.json
+        [--tau auto --ee-tau auto] --taus 0.1,0.2,0.3,0.5,0.8 --output results/issue5_sst2.json
 """
 
 import argparse
@@ -72,8 +72,10 @@ def main(argv=None):
     p.add_argument("--ltp")
     p.add_argument("--early-exit")
     p.add_argument("--magic-pyramid")
-    p.add_argument("--tau", type=float, required=True, help="tau of the main comparison")
-    p.add_argument("--ee-tau", type=float, help="tau of early exit alone in the main comparison (default --tau)")
+    p.add_argument("--tau", default="auto", help="tau of Magic Pyramid in the main comparison; 'auto': the largest "
+                   "tau of --taus whose metric is at most --max-drop below the dense model's (selected on this split)")
+    p.add_argument("--ee-tau", default="auto", help="the same for early exit alone")
+    p.add_argument("--max-drop", type=float, default=0.01, help="for 'auto': allowed metric drop (0.01 = 1 point)")
     p.add_argument("--taus", default="0.1,0.2,0.3,0.4,0.5,0.6,0.8")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
@@ -91,6 +93,7 @@ def main(argv=None):
     batches = bench.make_batches(features, args.batch_size, tok.pad_token_id)
     n = len(features)
 
+    taus = [float(t) for t in args.taus.split(",")]
     models = {"dense": bench.load_dense(args.dense, load(args.dense).config)[0]}
     ref = args.magic_pyramid or args.ltp or args.early_exit
     models["engine_off"] = load(ref, skim_enabled=False, exit_enabled=False) if args.magic_pyramid else load(ref)
@@ -101,38 +104,54 @@ def main(argv=None):
     if args.ltp:
         models["ltp"] = load(args.ltp)
     if args.early_exit:
-        models["early_exit"] = load(args.early_exit, exit_threshold=args.ee_tau if args.ee_tau is not None else args.tau)
+        models["early_exit"] = load(args.early_exit)
     if args.magic_pyramid:
-        models["magic_pyramid"] = load(args.magic_pyramid, exit_threshold=args.tau)
+        models["magic_pyramid"] = load(args.magic_pyramid)
 
     report = {"task": args.task, "data": data.source, "num_examples": n, "batch_size": args.batch_size,
-              "tau": args.tau, "ee_tau": args.ee_tau if args.ee_tau is not None else args.tau, "started": started,
-              "environment": bench.environment("cpu", args.threads), "main": {}, "sweep": [], "buckets": {}}
-    passes = {name: bench.run_pass(m, batches, n) for name, m in models.items()}
+              "started": started, "environment": bench.environment("cpu", args.threads), "main": {}, "sweep": [],
+              "buckets": {}}
+    dense_pass = bench.run_pass(models["dense"], batches, n)
+    dense_metric = summarize(models["dense"], dense_pass, data)["metric"]
+
+    # tau sweep (the paper's Table 3): metric and FLOPs for every tau (untimed passes)
+    sweep = {name: {} for name in ("early_exit", "magic_pyramid") if name in models}
+    for tau in taus:
+        for name in sweep:
+            models[name].config.exit_threshold = tau
+            sweep[name][tau] = summarize(models[name], bench.run_pass(models[name], batches, n), data)
+    chosen = {}
+    for name, flag in (("early_exit", args.ee_tau), ("magic_pyramid", args.tau)):
+        if name in sweep:
+            ok = [t for t in taus if sweep[name][t]["metric"] >= dense_metric - args.max_drop - 1e-9]
+            chosen[name] = float(flag) if flag != "auto" else (max(ok) if ok else min(taus))
+            models[name].config.exit_threshold = chosen[name]
+    report.update(tau=chosen.get("magic_pyramid"), ee_tau=chosen.get("early_exit"), tau_rule=(
+        f"largest tau in {taus} with metric >= dense - {args.max_drop}, selected on this evaluation split"
+        if "auto" in (args.tau, args.ee_tau) else "given"))
+    print("chosen tau:", chosen, "dense metric:", dense_metric, flush=True)
+
+    passes = {name: (dense_pass if name == "dense" else bench.run_pass(m, batches, n)) for name, m in models.items()}
     for name, m in models.items():
         report["main"][name] = summarize(m, passes[name], data)
     for name, t in timed(models, batches, args.repeats).items():
         report["main"][name].update(t)
     print(json.dumps(report["main"], indent=1))
 
-    # tau sweep (the paper's Table 3): accuracy and FLOPs for every tau, measured speedup if asked
-    for tau in [float(t) for t in args.taus.split(",")]:
-        row = {"tau": tau}
-        sweep_models = {"dense": models["dense"]}
-        for name in ("early_exit", "magic_pyramid"):
-            if name in models:
-                models[name].config.exit_threshold = tau
-                row[name] = summarize(models[name], bench.run_pass(models[name], batches, n), data)
-                sweep_models[name] = models[name]
+    # measured speedup of every tau of the sweep, if asked
+    for tau in taus:
+        row = {"tau": tau, **{name: dict(sweep[name][tau]) for name in sweep}}
         if args.sweep_repeats > 0:
+            for name in sweep:
+                models[name].config.exit_threshold = tau
+            sweep_models = {"dense": models["dense"], **{name: models[name] for name in sweep}}
             for name, t in timed(sweep_models, batches, args.sweep_repeats).items():
                 if name != "dense":
                     row[name].update(t)
         report["sweep"].append(row)
-        print(json.dumps(row))
-    for name, tau in (("early_exit", report["ee_tau"]), ("magic_pyramid", args.tau)):
-        if name in models:
-            models[name].config.exit_threshold = tau
+        print(json.dumps(row), flush=True)
+    for name, tau in chosen.items():
+        models[name].config.exit_threshold = tau
 
     # length buckets (the paper's Figure 1): the same models on batches drawn from one bucket at a time
     lengths = passes["dense"].lengths
