@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -12,6 +13,7 @@ from transformers import BertConfig, RobertaConfig
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 VOCAB = 120
+PAD = {"bert": 0, "roberta": 1}  # pad_token_id of the tiny configs
 
 
 def tiny_config(backbone="bert", **overrides):
@@ -38,6 +40,13 @@ def mixed_batch(lengths, seq=None, pad_id=0, seed=0):
         ids[i, n:] = pad_id
     ids[:, 0] = 3
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def load_as(cls, stock, **kwargs):
+    """`stock` saved and loaded back as `cls` (how users turn a checkpoint into a tokenskim model)."""
+    with tempfile.TemporaryDirectory() as d:
+        stock.save_pretrained(d)
+        return cls.from_pretrained(d, **kwargs)
 
 
 def row(batch, i):

@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 import torch
-from conftest import MIXED_LENGTHS, mixed_batch, row, run_without_tokenskim, tiny_config
+from conftest import MIXED_LENGTHS, PAD, load_as, mixed_batch, row, run_without_tokenskim, tiny_config
 from transformers import BertForQuestionAnswering, RobertaForQuestionAnswering
 
 from tokenskim.modeling import (
@@ -22,7 +22,6 @@ from tokenskim.modeling.packing import diagonal_blocks, padded_attention_blocks,
 
 QA = {"bert": BlockSkimBertForQuestionAnswering, "roberta": BlockSkimRobertaForQuestionAnswering}
 STOCK = {"bert": BertForQuestionAnswering, "roberta": RobertaForQuestionAnswering}
-PAD = {"bert": 0, "roberta": 1}
 SEP = 2  # RoBERTa's </s>
 QUESTION = 5  # tokens of the question segment (CLS + question + separators) in `qa_batch`
 LOW = torch.finfo(torch.float32).min
@@ -66,11 +65,6 @@ def skimming_model(backbone="bert", tau=None, **fields):
     model.config.skim_threshold = tau
     return model
 
-
-def load_as(cls, stock, **kwargs):
-    with tempfile.TemporaryDirectory() as d:
-        stock.save_pretrained(d)
-        return cls.from_pretrained(d, **kwargs)
 
 
 @pytest.mark.parametrize("backbone", ["bert", "roberta"])

@@ -4,11 +4,10 @@ backbone, regression errors, FLOPs bookkeeping and the Hub round trip."""
 
 import json
 import math
-import tempfile
 
 import pytest
 import torch
-from conftest import MIXED_LENGTHS, mixed_batch, row, run_without_tokenskim, tiny_config
+from conftest import MIXED_LENGTHS, PAD, load_as, mixed_batch, row, run_without_tokenskim, tiny_config
 from transformers import BertForSequenceClassification, RobertaForSequenceClassification
 
 from tokenskim.modeling import (
@@ -27,13 +26,7 @@ from tokenskim.modeling.early_exit import patience_step
 
 SEQ_CLS = {"bert": EarlyExitBertForSequenceClassification, "roberta": EarlyExitRobertaForSequenceClassification}
 STOCK = {"bert": BertForSequenceClassification, "roberta": RobertaForSequenceClassification}
-PAD = {"bert": 0, "roberta": 1}
 
-
-def load_as(cls, stock, **kwargs):
-    with tempfile.TemporaryDirectory() as d:
-        stock.save_pretrained(d)
-        return cls.from_pretrained(d, **kwargs)
 
 
 def exiting_model(backbone="bert", cls=None, layers=3, **kwargs):

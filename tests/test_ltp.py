@@ -3,11 +3,10 @@ removal, attention probabilities only where a layer prunes, soft/hard training s
 optimizer group, Hub round trip."""
 
 import json
-import tempfile
 
 import pytest
 import torch
-from conftest import MIXED_LENGTHS, mixed_batch, row, run_without_tokenskim, tiny_config
+from conftest import MIXED_LENGTHS, PAD, load_as, mixed_batch, row, run_without_tokenskim, tiny_config
 from transformers import (
     BertForQuestionAnswering,
     BertForSequenceClassification,
@@ -50,13 +49,7 @@ STOCK_AND_OURS = {
     ],
 }
 SEQ_CLS = {"bert": LTPBertForSequenceClassification, "roberta": LTPRobertaForSequenceClassification}
-PAD = {"bert": 0, "roberta": 1}
 
-
-def load_as(cls, stock, **kwargs):
-    with tempfile.TemporaryDirectory() as d:
-        stock.save_pretrained(d)
-        return cls.from_pretrained(d, **kwargs)
 
 
 def pruning_model(backbone="bert", final_threshold=0.1, **kwargs):

@@ -3,11 +3,10 @@ removal with tokens pruned and rows exiting, tau at inference, the exit-head sta
 regression error and the Hub round trip."""
 
 import json
-import tempfile
 
 import pytest
 import torch
-from conftest import MIXED_LENGTHS, mixed_batch, row, run_without_tokenskim, tiny_config
+from conftest import MIXED_LENGTHS, PAD, load_as, mixed_batch, row, run_without_tokenskim, tiny_config
 from transformers import BertForSequenceClassification, RobertaForSequenceClassification
 
 from tokenskim.modeling import (
@@ -24,13 +23,7 @@ from tokenskim.modeling import (
 
 SEQ_CLS = {"bert": MagicPyramidBertForSequenceClassification, "roberta": MagicPyramidRobertaForSequenceClassification}
 STOCK = {"bert": BertForSequenceClassification, "roberta": RobertaForSequenceClassification}
-PAD = {"bert": 0, "roberta": 1}
 
-
-def load_as(cls, stock, **kwargs):
-    with tempfile.TemporaryDirectory() as d:
-        stock.save_pretrained(d)
-        return cls.from_pretrained(d, **kwargs)
 
 
 def pyramid(backbone="bert", layers=3, **kwargs):

@@ -3,11 +3,10 @@ sets, back-tracking on a hand-made example, training signals, padding, FLOPs and
 
 import json
 import math
-import tempfile
 
 import pytest
 import torch
-from conftest import MIXED_LENGTHS, mixed_batch, row, run_without_tokenskim, tiny_config
+from conftest import MIXED_LENGTHS, PAD, load_as, mixed_batch, row, run_without_tokenskim, tiny_config
 from transformers import BertForSequenceClassification, BertModel, RobertaForSequenceClassification, RobertaModel
 
 from tokenskim.modeling import (
@@ -32,13 +31,7 @@ STOCK_AND_OURS = {
     ],
 }
 SEQ_CLS = {"bert": STTABTBertForSequenceClassification, "roberta": STTABTRobertaForSequenceClassification}
-PAD = {"bert": 0, "roberta": 1}
 
-
-def load_as(cls, stock, **kwargs):
-    with tempfile.TemporaryDirectory() as d:
-        stock.save_pretrained(d)
-        return cls.from_pretrained(d, **kwargs)
 
 
 def skimming_model(backbone="bert", keep_logit=0.0, **kwargs):

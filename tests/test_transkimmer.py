@@ -2,11 +2,10 @@
 removal, training signals, Hub round trip, bad input and edge cases."""
 
 import json
-import tempfile
 
 import pytest
 import torch
-from conftest import MIXED_LENGTHS, mixed_batch, row, run_without_tokenskim, tiny_config
+from conftest import MIXED_LENGTHS, PAD, load_as, mixed_batch, row, run_without_tokenskim, tiny_config
 from transformers import (
     BertForQuestionAnswering,
     BertForSequenceClassification,
@@ -46,13 +45,7 @@ STOCK_AND_OURS = {
     ],
 }
 SEQ_CLS = {"bert": TranskimmerBertForSequenceClassification, "roberta": TranskimmerRobertaForSequenceClassification}
-PAD = {"bert": 0, "roberta": 1}
 
-
-def load_as(cls, stock, **kwargs):
-    with tempfile.TemporaryDirectory() as d:
-        stock.save_pretrained(d)
-        return cls.from_pretrained(d, **kwargs)
 
 
 def skimming_model(backbone="bert", bias=0.0, **kwargs):
