@@ -142,6 +142,8 @@ class SkimEncoder(nn.Module):
             """Forwards the rows not kept to the output, and packs the rest."""
             nonlocal index, cu, lengths
             keep[first_rows(cu)] = True  # CLS always stays
+            if bool(keep.all()):  # nothing to drop: skip the copies (common at batch 1 and early layers)
+                return x, extra
             out.index_copy_(0, index[~keep], x[~keep])
             rows, lens = keep_rows(keep, row_to_sequence(torch.as_tensor(lengths, device=x.device)), len(lengths))
             index, cu, lengths = index[rows], lengths_to_cu(lens), lens.tolist()
