@@ -254,6 +254,7 @@ def main(argv=None):
     ap.add_argument("--skim-coefficient", type=float, default=1.0, help="alpha; 0 trains without the block loss")
     ap.add_argument("--taus", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--skip-dense-row", action="store_true", help="do not evaluate with skimming off")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -274,8 +275,9 @@ def main(argv=None):
 
     fields = {"block_size": args.block_size, "skim_layers": args.skim_layers, "balance_factor": args.balance_factor,
               "skim_coefficient": args.skim_coefficient}
-    if args.eval_only:
-        model = BlockSkimBertForQuestionAnswering.from_pretrained(args.model)
+    if args.eval_only:  # --skim-layers may pick a subset of the trained predictors (the others are unused)
+        overrides = {} if args.skim_layers is None else {"skim_layers": args.skim_layers}
+        model = BlockSkimBertForQuestionAnswering.from_pretrained(args.model, **overrides)
     else:
         model = BlockSkimBertForQuestionAnswering.from_pretrained(args.model, **fields)
         model.config.skim_enabled = args.skim_coefficient > 0  # alpha 0: a plain QA fine-tune, no CNN loss
@@ -290,14 +292,15 @@ def main(argv=None):
 
     eval_features = tokenize(eval_ex, tokenizer, args.max_length, args.stride)
     rows = []
-    settings = [("off", None)]
+    settings = [] if args.skip_dense_row else [("off", None)]
     if args.skim_coefficient > 0 or args.eval_only:  # alpha 0 trains no CNN: only the dense row means something
         settings += [("on", tau) for tau in args.taus]
     for mode, tau in settings:
         model.config.skim_enabled = mode == "on"
         if tau is not None:
             model.config.skim_threshold = tau
-        row = {"skim": mode, "tau": tau, **evaluate(model, eval_ex, eval_features)}
+        layers = sorted(int(l) for l in model.bert.selector.predictors)
+        row = {"skim": mode, "tau": tau, "skim_layers": layers, **evaluate(model, eval_ex, eval_features)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     (out_dir / "results.json").write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
