@@ -562,6 +562,7 @@ def environment(device, threads=None) -> dict:
         env["tokenskim"] = version("tokenskim")
     except Exception:
         env["tokenskim"] = None
+    env["code"] = code_version()
     if str(device).startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()
     try:
@@ -569,6 +570,32 @@ def environment(device, threads=None) -> dict:
     except OSError:
         pass
     return env
+
+
+def code_version() -> dict:
+    """Which engine was measured: git commit of the tokenskim checkout (if any), modeling files that differ
+    from it, and a hash of the modeling sources as imported (a dirty working tree is common mid-work)."""
+    import hashlib
+    import subprocess
+
+    import tokenskim.modeling as modeling
+
+    folder = os.path.dirname(os.path.abspath(modeling.__file__))
+    digest = hashlib.sha1()
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), "rb") as fh:
+                digest.update(name.encode() + fh.read())
+    out = {"modeling_sha1": digest.hexdigest()[:12]}
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=folder, capture_output=True, text=True, timeout=10)  # noqa: E731
+        head = run("rev-parse", "--short", "HEAD")
+        if head.returncode == 0:
+            out["git_commit"] = head.stdout.strip()
+            out["modeling_dirty"] = [line[3:] for line in run("status", "--porcelain", ".").stdout.splitlines()]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
 
 
 def _cpu_name():
@@ -739,6 +766,7 @@ def format_markdown(report) -> str:
         f"- command: `{env.get('command', '')}`",
         f"- date: {env['date']}; device: {env['device']} ({env.get('gpu') or env.get('cpu')}); "
         f"torch {env['torch']}, transformers {env['transformers']}; threads {env['threads']}; dtype {report['dtype']}",
+        f"- code: {env.get('code')}",
         f"- data: {report['data_source']}; {report['num_examples']} examples; "
         f"{'inputs WITHOUT padding (each batch truncated to its shortest example)' if report['equal_lengths'] else 'dynamic padding'}",
         f"- timing: {report['repeats']} interleaved repeats after warm-up, medians; speedups are medians of "

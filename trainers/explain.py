@@ -264,7 +264,8 @@ def to_png(e: Explanation, path, width_chars=90):
         norm=matplotlib.colors.Normalize(-0.5, e.num_layers + 0.5))
     cbar = fig.colorbar(sm, ax=ax, orientation="horizontal", fraction=0.5 / fig_h, pad=0.02, aspect=60,
                         ticks=list(range(e.num_layers + 1)))
-    cbar.set_label("layers processed before the token was dropped", fontsize=8)
+    cbar.ax.set_xticklabels([str(k) for k in range(e.num_layers)] + [f"all {e.num_layers}"])
+    cbar.set_label("layers a token went through before it was dropped", fontsize=8)
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return path
