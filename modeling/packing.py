@@ -85,6 +85,8 @@ def varlen_attention(q, k, v, cu_seqlens, lengths, dropout_p: float = 0.0):
         n, heads = len(lengths), q.shape[1]
         q, k, v = (x.view(n, lengths[0], heads, -1).transpose(1, 2) for x in (q, k, v))
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p).transpose(1, 2).flatten(0, 1)
+    if max(lengths) <= SHORT_SEQUENCE and dropout_p == 0.0:
+        return padded_attention(q, k, v, cu_seqlens, lengths)
     # One SDPA call per sequence: faster on CPU than block-diagonal masks or nested tensors. The inputs
     # must be 4-D: 3-D inputs fall back to the slow math kernel on CPU (about 8x slower).
     outs = [
@@ -92,6 +94,28 @@ def varlen_attention(q, k, v, cu_seqlens, lengths, dropout_p: float = 0.0):
         for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths))
     ]
     return torch.cat(outs, dim=1).transpose(0, 1)
+
+
+# Up to this many tokens per sequence, one padded batched attention beats a kernel call per sequence on
+# CPU: the padding costs less than the calls (heavily skimmed late layers keep a few tokens per sequence).
+SHORT_SEQUENCE = 16
+
+
+def padded_attention(q, k, v, cu_seqlens, lengths):
+    """Attention of short ragged sequences as one padded batch: `[total, heads, head_dim]` in and out.
+
+    Sequences are padded to the longest (padded keys masked out, padded queries dropped from the output).
+    """
+    n, longest = len(lengths), max(lengths)
+    lens = torch.as_tensor(lengths, device=q.device)
+    pos = torch.arange(longest, device=q.device)
+    real = pos < lens[:, None]  # [n, longest]
+    rows = (cu_seqlens[:-1, None].long() + pos).clamp(max=q.shape[0] - 1)  # padded slots read any real row
+    qp, kp, vp = (x[rows].transpose(1, 2) for x in (q, k, v))  # [n, heads, longest, head_dim]
+    scores = torch.matmul(qp, kp.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(~real[:, None, None, :], float("-inf"))
+    out = torch.matmul(scores.softmax(-1), vp)
+    return out.transpose(1, 2)[real]
 
 
 def _bhsd(x):

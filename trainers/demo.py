@@ -69,6 +69,7 @@ def demo_training_args(output_dir, args, epochs, **overrides):
         save_strategy="no",
         logging_steps=20,
         report_to=[],
+        dataloader_pin_memory=torch.cuda.is_available(),
         seed=args.seed,
         **overrides,
     )

@@ -57,7 +57,7 @@ class Method:
 METHODS = {
     "dense": Method(dense_class, (), "stock transformers fine-tuning, every token through every layer"),
     "transkimmer": Method(
-        transkimmer_class, ("skim_coefficient", "gumbel_tau", "skim_enabled"),
+        transkimmer_class, ("skim_coefficient", "gumbel_tau", "skim_enabled", "skim_bias_init"),
         "Transkimmer: a predictor before each layer skims tokens (Guan et al., ACL 2022)",
     ),
     # issue 5 (stages: trainers/schedules.py)
@@ -81,6 +81,7 @@ HYPERPARAMETERS = {
     "skim_coefficient": (float, "Transkimmer: weight lambda of the skim loss (kept-token ratio); larger skims more"),
     "gumbel_tau": (float, "Transkimmer: Gumbel-softmax temperature in training"),
     "skim_enabled": (lambda s: s.lower() in ("1", "true", "yes"), "Transkimmer: false runs the engine with every token kept"),
+    "skim_bias_init": (float, "Transkimmer: new predictors start with keep/skip logits +/- this (default 5: keep all)"),
     # issue 5
     "final_threshold": (float, "LTP/Magic Pyramid: threshold theta_L of the last layer (layer l uses theta_L * l / L + a learned offset)"),
     "temperature": (float, "LTP/Magic Pyramid: temperature T of the soft-pruning gate sigmoid((s - theta) / T)"),

@@ -13,6 +13,7 @@ import logging
 import typing
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -33,6 +34,7 @@ TRAINING_DEFAULTS = {
     "save_total_limit": 2,
     "logging_steps": 50,
     "report_to": "none",
+    "dataloader_pin_memory": torch.cuda.is_available(),  # pinning only helps (and only works) with a GPU
 }
 DEFAULT_MAX_LENGTH = 128
 

@@ -1,0 +1,19 @@
+"""Markdown rows from the issue-3 run folders: task metric(s), kept-token ratio, FLOPs ratio, command.
+
+    python results/issue3_table.py /tmp/issue3 sst2-dense sst2-tk-c0.3 ...
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from tokenskim.trainers.metrics import metric_names
+
+root = Path(sys.argv[1])
+print("| run | task | method | metric | kept-token ratio | FLOPs ratio | eval rows |")
+print("|---|---|---|---|---|---|---|")
+for name in sys.argv[2:]:
+    r = json.loads((root / name / "eval_results.json").read_text())
+    names = metric_names(r["task"])
+    metric = ", ".join(f"{n} {100 * r[n]:.2f}" for n in names)
+    print(f"| {name} | {r['task']} | {r['method']} | {metric} | {r['kept_token_ratio']:.3f} | {r['flops_ratio']:.2f}x | {r['num_examples']} |")
