@@ -14,16 +14,16 @@ cmd() {
   case "$1" in
     # SST-2: dense baseline = 20k seeded training rows, 3 epochs (same rows for every SST-2 run)
     sst2-dense) echo "--method dense --model $MINILM --task sst2 --max-train-samples 20000 --num-train-epochs 3 --learning-rate 2e-5" ;;
-    sst2-tk-c*) echo "$TK --model $OUT/sst2-dense --task sst2 --max-train-samples 20000 --num-train-epochs 1 --learning-rate 2e-5 --skim-coefficient ${1#sst2-tk-c}" ;;
+    sst2-tk-c*) echo "$TK --model $OUT/sst2-dense --task sst2 --max-train-samples 10000 --num-train-epochs 1 --learning-rate 2e-5 --skim-coefficient ${1#sst2-tk-c}" ;;
     mrpc-dense) echo "--method dense --model $MINILM --task mrpc --num-train-epochs 2 --learning-rate 5e-5" ;;
     mrpc-tk-c*) echo "$TK --model $OUT/mrpc-dense --task mrpc --num-train-epochs 1 --learning-rate 5e-5 --skim-coefficient ${1#mrpc-tk-c}" ;;
     cola-dense) echo "--method dense --model $MINILM --task cola --num-train-epochs 2 --learning-rate 5e-5" ;;
     cola-tk-c*) echo "$TK --model $OUT/cola-dense --task cola --num-train-epochs 1 --learning-rate 5e-5 --skim-coefficient ${1#cola-tk-c}" ;;
     stsb-dense) echo "--method dense --model $MINILM --task stsb --num-train-epochs 2 --learning-rate 5e-5" ;;
     stsb-tk-c*) echo "$TK --model $OUT/stsb-dense --task stsb --num-train-epochs 1 --learning-rate 5e-5 --skim-coefficient ${1#stsb-tk-c}" ;;
-    # IMDB on CPU: 1,000 seeded training reviews, 500 seeded test reviews, max length 512
-    imdb-dense) echo "--method dense --model $MINILM --task imdb --max-train-samples 1000 --max-eval-samples 500 --max-length 512 --per-device-train-batch-size 16 --num-train-epochs 1 --learning-rate 5e-5" ;;
-    imdb-tk-c*) echo "$TK --model $OUT/imdb-dense --task imdb --max-train-samples 1000 --max-eval-samples 500 --max-length 512 --per-device-train-batch-size 16 --num-train-epochs 1 --learning-rate 5e-5 --skim-coefficient ${1#imdb-tk-c}" ;;
+    # IMDB on CPU: 500 seeded training reviews (batches grouped by length), 500 seeded test reviews, max length 512
+    imdb-dense) echo "--method dense --model $MINILM --task imdb --max-train-samples 500 --max-eval-samples 500 --max-length 512 --per-device-train-batch-size 16 --train-sampling-strategy group_by_length --num-train-epochs 1 --learning-rate 5e-5" ;;
+    imdb-tk-c*) echo "$TK --model $OUT/imdb-dense --task imdb --max-train-samples 500 --max-eval-samples 500 --max-length 512 --per-device-train-batch-size 16 --train-sampling-strategy group_by_length --num-train-epochs 1 --learning-rate 5e-5 --skim-coefficient ${1#imdb-tk-c}" ;;
     *) echo "unknown run $1" >&2; exit 2 ;;
   esac
 }

@@ -186,7 +186,8 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tiny_dir, tmp_path, capsys):
     report = json.loads((out / "demo_results.json").read_text())
     dense, skim = report["rows"]
     assert dense["model"] == "dense" and dense["flops_ratio"] == 1.0 and dense["speedup"] == 1.0
-    assert skim["seconds"] > 0 and 0 < skim["kept_token_ratio"] <= 1
+    assert skim["seconds"] > 0 and 0 < skim["kept_token_ratio"] <= 1 and report["engine_off_seconds"] > 0
+    assert "from never computing padding" in printed
     assert report["dev_rows"] == 872
     for name in ("dense", "transkimmer"):
         assert (out / name / "README.md").is_file() and (out / name / "model.safetensors").is_file()
