@@ -127,7 +127,7 @@ _register_locally(
     TranskimmerRobertaForQuestionAnswering, TranskimmerRobertaForTokenClassification,
 )
 
-# LTP, early exit and Magic Pyramid (issue 5)
+# LTP, early exit and Magic Pyramid
 _register_locally(
     LTPBertConfig, LTPBertModel, LTPBertForSequenceClassification, LTPBertForQuestionAnswering,
     LTPBertForTokenClassification,

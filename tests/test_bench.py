@@ -262,7 +262,7 @@ def test_bench_report_schema_and_files(checkpoint, tmp_path):
     assert {"bench.json", "bench.md", "kept_per_layer.png", "pareto.png", "throughput.png"} <= names
     assert json.loads((tmp_path / "bench.json").read_text())["records"][0]["variant"] == "dense"
     md = (tmp_path / "bench.md").read_text()
-    assert "| tiny_skim" in md.replace("| tiny_skim0", "| tiny_skim") and "Targets" in md
+    assert "| tiny_skim" in md.replace("| tiny_skim0", "| tiny_skim") and "Speed targets" in md
 
 
 def test_config_overrides_make_one_skim_variant_each(checkpoint):

@@ -705,7 +705,7 @@ def _bench_one(models, per, data, bs, device, repeats, warmup, memory, progress,
 
 
 def check_targets(records) -> list:
-    """Issue 4's speed targets, evaluated per model and batch size where the variants were measured."""
+    """The benchmark's speed targets, evaluated per model and batch size where the variants were measured."""
     out = []
     groups = {}
     for r in records:
@@ -776,7 +776,7 @@ def format_markdown(report) -> str:
         "",
         format_table(report["records"]),
         "",
-        "## Targets (issue 4)",
+        "## Speed targets",
         "",
     ]
     for t in report.get("targets", []):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from tokenskim.modeling import TranskimmerBertForSequenceClassification, TranskimmerRobertaForSequenceClassification
-from tokenskim.modeling import (  # issue 5: LTP, early exit, Magic Pyramid
+from tokenskim.modeling import (
     EarlyExitBertForSequenceClassification,
     EarlyExitRobertaForSequenceClassification,
     LTPBertForSequenceClassification,
@@ -34,7 +34,7 @@ def transkimmer_class(config):
     return TranskimmerRobertaForSequenceClassification if is_roberta_config(config) else TranskimmerBertForSequenceClassification
 
 
-# issue 5: the multi-stage methods; `tokenskim train` runs their stages through trainers/schedules.py
+# The multi-stage methods; `tokenskim train` runs their stages through trainers/schedules.py
 def ltp_class(config):
     return LTPRobertaForSequenceClassification if is_roberta_config(config) else LTPBertForSequenceClassification
 
@@ -60,7 +60,7 @@ METHODS = {
         transkimmer_class, ("skim_coefficient", "gumbel_tau", "skim_enabled", "skim_bias_init"),
         "Transkimmer: a predictor before each layer skims tokens (Guan et al., ACL 2022)",
     ),
-    # issue 5 (stages: trainers/schedules.py)
+    # multi-stage methods (stages: trainers/schedules.py)
     "ltp": Method(
         ltp_class, ("final_threshold", "temperature", "skim_coefficient"),
         "Learned Token Pruning: tokens receiving little attention leave after a layer's attention (Kim et al., KDD 2022)",
@@ -82,7 +82,7 @@ HYPERPARAMETERS = {
     "gumbel_tau": (float, "Transkimmer: Gumbel-softmax temperature in training"),
     "skim_enabled": (lambda s: s.lower() in ("1", "true", "yes"), "Transkimmer: false runs the engine with every token kept"),
     "skim_bias_init": (float, "Transkimmer: new predictors start with keep/skip logits +/- this (default 5: keep all)"),
-    # issue 5
+    # LTP, early exit, Magic Pyramid
     "final_threshold": (float, "LTP/Magic Pyramid: threshold theta_L of the last layer (layer l uses theta_L * l / L + a learned offset)"),
     "temperature": (float, "LTP/Magic Pyramid: temperature T of the soft-pruning gate sigmoid((s - theta) / T)"),
     "exit_threshold": (float, "early exit/Magic Pyramid: tau, exit when normalized entropy <= tau (changeable at inference)"),

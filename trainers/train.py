@@ -72,7 +72,7 @@ def add_arguments(parser):
     add_method_arguments(parser)
     add_data_arguments(parser)
     parser.add_argument("--max-train-samples", type=int, help="train on a seeded random subset of this many rows")
-    from .schedules import add_schedule_arguments  # issue 5: flags of the multi-stage methods
+    from .schedules import add_schedule_arguments  # flags of the multi-stage methods
 
     add_schedule_arguments(parser)
     add_training_arguments(parser)
@@ -195,7 +195,7 @@ def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command
 
 
 def run(args):
-    from . import schedules  # issue 5: ltp, early-exit and magic-pyramid train in stages
+    from . import schedules  # ltp, early-exit and magic-pyramid train in stages
 
     if args.method in schedules.SCHEDULES:
         return schedules.run(args)
