@@ -14,6 +14,11 @@ def f(value, spec=".2f"):
     return "-" if value is None else format(value, spec)
 
 
+def x(value):
+    """A ratio as `2.10x`, or `-` when absent."""
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def main_table(r):
     lines = [
         f"| {r['task']} ({r['num_examples']} ex., batch {r['batch_size']}) | metric | FLOPs ratio | kept tokens "
@@ -27,8 +32,8 @@ def main_table(r):
         if name == "magic_pyramid":
             label += f" (tau {r['tau']})"
         lines.append(
-            f"| {label} | {100 * m['metric']:.2f} | {f(m['flops_ratio'])}x | {f(m['kept_token_ratio'], '.3f')} "
-            f"| {f(m['mean_exit_layer'])} | {f(m.get('speedup_vs_dense'))}x | {f(m.get('speedup_vs_engine_off'))}x |"
+            f"| {label} | {100 * m['metric']:.2f} | {x(m['flops_ratio'])} | {f(m['kept_token_ratio'], '.3f')} "
+            f"| {f(m['mean_exit_layer'])} | {x(m.get('speedup_vs_dense'))} | {x(m.get('speedup_vs_engine_off'))} |"
         )
     return "\n".join(lines)
 
@@ -39,9 +44,9 @@ def sweep_table(r):
     for row in r["sweep"]:
         ee, mp = row.get("early_exit", {}), row.get("magic_pyramid", {})
         lines.append(
-            f"| {row['tau']} | {100 * ee.get('metric', float('nan')):.2f} | {f(ee.get('flops_ratio'))}x "
-            f"| {f(ee.get('speedup_vs_dense'))}x | {100 * mp.get('metric', float('nan')):.2f} "
-            f"| {f(mp.get('flops_ratio'))}x | {f(mp.get('speedup_vs_dense'))}x |"
+            f"| {row['tau']} | {100 * ee.get('metric', float('nan')):.2f} | {x(ee.get('flops_ratio'))} "
+            f"| {x(ee.get('speedup_vs_dense'))} | {100 * mp.get('metric', float('nan')):.2f} "
+            f"| {x(mp.get('flops_ratio'))} | {x(mp.get('speedup_vs_dense'))} |"
         )
     return "\n".join(lines)
 
@@ -50,7 +55,7 @@ def bucket_table(r):
     lines = ["| length bucket | examples | LTP FLOPs / measured | EE FLOPs / measured | MP FLOPs / measured | dense metric | MP metric |",
              "|---|---|---|---|---|---|---|"]
     for bucket, e in r["buckets"].items():
-        cells = [f"{f(e[n]['flops_ratio'])}x / {f(e[n].get('speedup_vs_dense'))}x" if n in e else "-"
+        cells = [f"{x(e[n]['flops_ratio'])} / {x(e[n].get('speedup_vs_dense'))}" if n in e else "-"
                  for n in ("ltp", "early_exit", "magic_pyramid")]
         lines.append(f"| {bucket} | {e['examples']} | " + " | ".join(cells)
                      + f" | {100 * e['dense']['metric']:.2f} | {100 * e['magic_pyramid']['metric']:.2f} |")
