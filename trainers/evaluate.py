@@ -10,6 +10,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 
 from . import data, metrics
@@ -94,7 +95,8 @@ def evaluate_model(model, tokenizer, dataset, spec, batch_size=32, max_length=12
     """Task metrics, kept-token ratio, FLOPs ratio and per-layer keep rates of `model` on `dataset` (raw rows)."""
     tokenized = data.tokenize({"validation": dataset}, tokenizer, spec, max_length, label2id=label2id)["validation"]
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=output_dir or tmp, per_device_eval_batch_size=batch_size, report_to=[])
+        args = TrainingArguments(output_dir=output_dir or tmp, per_device_eval_batch_size=batch_size, report_to=[],
+                                 dataloader_pin_memory=torch.cuda.is_available())
         trainer = SkimTrainer(
             model=model, args=args, processing_class=tokenizer, data_collator=data.collator(tokenizer),
             compute_metrics=metrics.build_compute_metrics(spec.name, spec.is_regression, spec.num_labels),
