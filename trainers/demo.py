@@ -5,7 +5,8 @@
 2. fine-tunes Transkimmer from that dense fine-tune (its skim predictors are new, everything else starts
    from the dense weights) with the skim loss;
 3. evaluates both on the full SST-2 dev set (872 sentences): accuracy, kept-token ratio, FLOPs ratio;
-4. times both models on the same dev batches, interleaved, and prints the measured speedup.
+4. times both models on the same dev batches, interleaved, and prints the measured speedup, split into
+   what never computing padding gives (the Transkimmer weights with skimming off) and what skimming gives.
 
 Each model is saved as a Hub-ready folder with its model card under `--output-dir`.
 """
