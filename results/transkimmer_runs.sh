@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Transkimmer results: MiniLM-L6 (the packaged all-MiniLM-L6-v2), dense fine-tune vs Transkimmer.
-# Runs are independent; start several at once on a machine with more cores.
+# A Transkimmer run (NAME-tk-cLAMBDA) needs its task's dense run first; different tasks can run at once.
 # Usage: results/transkimmer_runs.sh NAME...   (names below; outputs in $OUT/NAME, logs in $OUT/NAME.log)
 set -euo pipefail
 OUT=${OUT:-/tmp/transkimmer}
@@ -12,9 +12,8 @@ TK="--method transkimmer --selector-learning-rate 1e-3"
 
 cmd() {
   case "$1" in
-    # SST-2: dense baseline = 20k seeded training rows, 3 epochs (same rows for every SST-2 run)
+    # SST-2: dense baseline = 20k seeded training rows, 3 epochs (its lambda sweep: transkimmer_sst2_sweep.sh)
     sst2-dense) echo "--method dense --model $MINILM --task sst2 --max-train-samples 20000 --num-train-epochs 3 --learning-rate 2e-5" ;;
-    sst2-tk-c*) echo "$TK --model $OUT/sst2-dense --task sst2 --max-train-samples 10000 --num-train-epochs 1 --learning-rate 2e-5 --skim-coefficient ${1#sst2-tk-c}" ;;
     mrpc-dense) echo "--method dense --model $MINILM --task mrpc --num-train-epochs 2 --learning-rate 5e-5" ;;
     mrpc-tk-c*) echo "$TK --model $OUT/mrpc-dense --task mrpc --num-train-epochs 1 --learning-rate 5e-5 --skim-coefficient ${1#mrpc-tk-c}" ;;
     cola-dense) echo "--method dense --model $MINILM --task cola --num-train-epochs 2 --learning-rate 5e-5" ;;

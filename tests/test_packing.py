@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from tokenskim.modeling.packing import lengths_to_cu, padded_attention, pad, unpad, varlen_attention
+from tokenskim.modeling.packing import SHORT_SEQUENCE, lengths_to_cu, padded_attention, pad, unpad, varlen_attention
 
 
 def reference_attention(q, k, v, lengths):
@@ -16,7 +15,8 @@ def reference_attention(q, k, v, lengths):
     return torch.cat(outs)
 
 
-@pytest.mark.parametrize("lengths", [[3, 1, 7, 16, 2], [5, 5, 5], [40, 3, 17], [1]])
+# ragged and short (the padded path), ragged and just too long, equal lengths, long, a single sequence
+@pytest.mark.parametrize("lengths", [[3, 1, 7, SHORT_SEQUENCE, 2], [3, 1, SHORT_SEQUENCE + 1, 2], [5, 5, 5], [40, 3, 17], [1]])
 def test_varlen_attention_matches_each_sequence_alone(lengths):
     torch.manual_seed(0)
     q, k, v = (torch.randn(sum(lengths), 4, 8) for _ in range(3))
