@@ -39,6 +39,7 @@ from .engine import (
     SkimForTokenClassification,
     SkimModel,
     TokenSelector,
+    budget_loss,
     keep_ratio_loss,
     register_family,
 )
@@ -55,6 +56,11 @@ class LTPFields:
         plus its learned offset. The paper searches 0.01..0.08.
     temperature: T of the soft-stage gate sigmoid((s - theta) / T).
     skim_coefficient: lambda of `loss = task_loss + lambda * sum_l mean(M_l)` (soft stage).
+    target_keep_ratio: None for that L1 term (pushed down without end); a number r in (0, 1] for the budget
+        `lambda * L * max(0, kept ratio - r)`, which stops pushing at r.
+    min_kept_tokens: every sequence keeps at least this many tokens (CLS included) after every layer.
+    threshold_scale: inference prunes below `threshold_scale * theta_l`; raise it to prune more, lower it
+        to prune less, without retraining (`tokenskim calibrate` picks it).
     pruning_stage: "soft" or "hard"; which gate training uses. Inference is always hard.
     """
 
@@ -62,6 +68,9 @@ class LTPFields:
     final_threshold: float | int = 0.01
     temperature: float | int = 1e-3
     skim_coefficient: float | int = 0.1
+    target_keep_ratio: float | int | None = None
+    min_kept_tokens: int = 4
+    threshold_scale: float | int = 1.0
     pruning_stage: str = "soft"
 
 
@@ -82,16 +91,6 @@ class LTPRobertaConfig(RobertaConfig, LTPFields):
 def base_thresholds(final_threshold: float, num_layers: int) -> torch.Tensor:
     """theta_L * l / L for l = 0..L-1: `[layers]` float32 (0 for the first layer)."""
     return final_threshold * torch.arange(num_layers, dtype=torch.float32) / num_layers
-
-
-def soft_gate(received: torch.Tensor, threshold: torch.Tensor, temperature: float) -> torch.Tensor:
-    """sigmoid((s - theta) / T): the soft-stage keep gate, differentiable in s and theta. `[...]` -> `[...]`."""
-    return torch.sigmoid((received - threshold) / temperature)
-
-
-def hard_keep(received: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """s >= theta: the binary keep decision. `[...]` -> `[...]` bool."""
-    return received >= threshold
 
 
 class LTPSelector(TokenSelector):
@@ -131,30 +130,43 @@ class LTPSelector(TokenSelector):
         base = base_thresholds(float(self.config.final_threshold), self.num_layers)
         return base.to(self.threshold_offsets.device) + self.threshold_offsets.float()
 
+    @property
+    def min_kept_tokens(self) -> int:
+        return int(self.config.min_kept_tokens)
+
+    def inference_threshold(self, layer_idx) -> torch.Tensor:
+        """`threshold_scale * theta_l`, the threshold hard decisions use at inference (no gradient)."""
+        return float(self.config.threshold_scale) * self.thresholds()[layer_idx].detach()
+
     def needs_received_attention(self, layer_idx):
         if not self.enabled or float(self.config.final_threshold) * layer_idx <= 0:
             return False  # layer 0 (and theta_L <= 0) never prunes: no attention probabilities needed
-        if self.training and self.stage == "soft":
-            return True  # a negative threshold still gets a gradient, so it can come back
-        return float(self.thresholds()[layer_idx].detach()) > 0  # hard: s >= theta <= 0 keeps every token
+        if self.training:
+            # soft: a negative threshold still gets a gradient, so it can come back
+            return self.stage == "soft" or float(self.thresholds()[layer_idx].detach()) > 0
+        return float(self.inference_threshold(layer_idx)) > 0  # s >= theta <= 0 keeps every token
 
     def after_attention(self, layer_idx, received, hard):
-        """received `[...]` float32 -> bool keep (hard) or float gate in [0, 1] (training)."""
-        theta = self.thresholds()[layer_idx]
+        """received `[...]` float32 -> keep score `s - theta` `[...]` (>= 0 keeps)."""
         if hard:
-            return hard_keep(received, theta)
+            return received - self.inference_threshold(layer_idx)
+        theta = self.thresholds()[layer_idx]
+        return received - (theta if self.stage == "soft" else theta.detach())  # hard stage: thresholds frozen
+
+    def gate(self, layer_idx, score):
+        """Soft stage: sigmoid((s - theta) / T); hard stage: the binary decision, no gradient."""
         if self.stage == "soft":
-            return soft_gate(received, theta, float(self.config.temperature))
-        return hard_keep(received, theta.detach()).to(received.dtype)
+            return torch.sigmoid(score / float(self.config.temperature))
+        return (score >= 0).to(score.dtype)
 
     def loss(self, masks, real):
-        """Soft stage: sum over layers of the mean keep mask over real tokens (LTP's L1 term); else None.
-
-        `keep_ratio_loss` is that mean over layers, so it is scaled by the number of layers.
-        """
+        """Soft stage: sum over layers of the mean keep mask over real tokens (LTP's L1 term), or the budget
+        hinge times the number of layers with `target_keep_ratio`; else None."""
         if not self.enabled or self.stage != "soft":
             return None
-        return keep_ratio_loss(masks, real) * len(masks)
+        target = self.config.target_keep_ratio
+        term = keep_ratio_loss(masks, real) if target is None else budget_loss(masks, real, float(target))
+        return term * len(masks)  # keep_ratio_loss is the mean over layers; LTP's term is their sum
 
 
 def threshold_parameters(model: nn.Module) -> list:

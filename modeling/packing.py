@@ -68,6 +68,59 @@ def first_rows(cu_seqlens: torch.Tensor) -> torch.Tensor:
     return cu_seqlens[:-1].long()
 
 
+def rank_in_sequence(score: torch.Tensor, row_seq: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Each row's rank by descending score within its own sequence (0 = its best row).
+
+    Args:
+        score: `[total]` float; row_seq: `[total]` sequence of each row; cu_seqlens: `[n + 1]` offsets.
+
+    Returns:
+        `[total]` long. Ties keep row order.
+    """
+    order = torch.argsort(score, descending=True, stable=True)
+    order = order[torch.argsort(row_seq[order], stable=True)]  # grouped by sequence, best first
+    # rows of a sequence are contiguous, so the p-th row of `order` belongs to sequence row_seq[p]
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=score.device) - cu_seqlens.long()[row_seq]
+    return rank
+
+
+def keep_decision(score: torch.Tensor, row_seq: torch.Tensor, cu_seqlens: torch.Tensor, min_kept: int = 0):
+    """Which rows of a packed batch stay: `score >= 0`, each sequence's first row (CLS), and each
+    sequence's `min_kept` best-scored rows (CLS counted), so short inputs keep a few tokens.
+
+    Args:
+        score: `[total]` keep score (a logit: >= 0 keeps), or a bool decision taken as it is (CLS added).
+        row_seq: `[total]` sequence of each row; cu_seqlens: `[n + 1]` offsets.
+
+    Returns:
+        `[total]` bool.
+    """
+    first = first_rows(cu_seqlens)
+    if score.dtype == torch.bool:
+        return score.index_fill(0, first, True)
+    score = score.float().index_fill(0, first, float("inf"))
+    keep = score >= 0
+    if min_kept > 0:
+        keep |= rank_in_sequence(score, row_seq, cu_seqlens) < min_kept
+    return keep
+
+
+def floor_mask(score: torch.Tensor, alive: torch.Tensor, first: torch.Tensor, min_kept: int) -> torch.Tensor:
+    """The padded-layout twin of `keep_decision`'s floor: each row's `min_kept` best-scored alive tokens.
+
+    Args:
+        score: `[batch, seq]` float; alive: `[batch, seq]` bool, the tokens still in; first: `[batch, seq]`
+        bool, each row's CLS (ranked first).
+
+    Returns:
+        `[batch, seq]` bool (no gradient).
+    """
+    s = score.detach().float().masked_fill(~alive, float("-inf")).masked_fill(first, float("inf"))
+    rank = s.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+    return (rank < min_kept) & alive
+
+
 def varlen_attention(q, k, v, cu_seqlens, lengths, dropout_p: float = 0.0):
     """Softmax attention inside each sequence of a packed batch.
 

@@ -5,12 +5,23 @@ Differences from the public reference code, on purpose:
 - skim attention is a masked softmax (keys of skimmed tokens removed, then renormalised), not the
   reference's multiplication of probabilities after softmax;
 - the skim loss counts real tokens only, so dropping padding earns nothing;
-- inference is deterministic (argmax of the predictor, no Gumbel noise) and skimmed tokens are
-  physically removed from batches of any size.
+- inference is deterministic (keep where P(keep) >= `keep_threshold`, no Gumbel noise) and skimmed
+  tokens are physically removed from batches of any size;
+- training can drive the model to a budget (`target_keep_ratio`) instead of a plain lambda, and each
+  sequence keeps at least `min_kept_tokens` tokens, in training and at inference.
+
+Why the plain-lambda recipe collapses to CLS (measured on SST-2 with MiniLM-L6, see the README): the skim
+loss pushes every predictor in the same direction at every step, while the task gradient is noisy. Adam
+normalises each parameter's step, so a consistent push moves the predictor's last Linear (on LayerNorm-ed
+features) by about `lr` per weight per step, i.e. the keep logit by up to `lr * hidden` per step: at
+`lr = 1e-3` and hidden 384 that crosses the +/-5 init margin in a few dozen steps, and the push never
+stops, so every token is skipped after layer 0. A budget (hinge at the target) stops pushing once the kept
+ratio is at the target, and the floor keeps short inputs answerable.
 """
 
+import math
+
 import torch
-import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import BertConfig, RobertaConfig
@@ -22,6 +33,7 @@ from .engine import (
     SkimForTokenClassification,
     SkimModel,
     TokenSelector,
+    budget_loss,
     keep_ratio_loss,
     register_family,
 )
@@ -33,7 +45,14 @@ class TranskimmerBertConfig(BertConfig):
 
     skim_enabled: False runs the same engine with every token kept.
     skim_coefficient: the harmony coefficient lambda of `loss = task_loss + lambda * skim_loss`.
+    target_keep_ratio: None for the paper's skim loss (the mean kept ratio, pushed down without end); a
+        number r in (0, 1] for the budget `max(0, kept ratio - r)`, which stops pushing at r.
+    min_kept_tokens: every sequence keeps at least this many tokens (CLS included) in every layer.
+    keep_threshold: inference keeps a token where the predictor's P(keep) >= this (0.5: the argmax).
+        Raise it to skim more, lower it to skim less, without retraining (`tokenskim calibrate` picks it).
     gumbel_tau: temperature of the Gumbel-softmax used in training.
+    gumbel_noise: False trains with the deterministic decision `score >= 0` (the one inference takes) and
+        the gradient of `sigmoid(score / tau)`, so the kept ratio in training is the one at inference.
     skim_bias_init: unbalanced init of the predictor's last bias, keep ~ +mu0 and skip ~ -mu0, so a
         fresh model starts by keeping every token.
     """
@@ -41,7 +60,11 @@ class TranskimmerBertConfig(BertConfig):
     model_type = "transkimmer-bert"
     skim_enabled: bool = True
     skim_coefficient: float | int = 0.5
+    target_keep_ratio: float | int | None = None
+    min_kept_tokens: int = 4
+    keep_threshold: float | int = 0.5
     gumbel_tau: float | int = 1.0
+    gumbel_noise: bool = True
     skim_bias_init: float | int = 5.0
 
 
@@ -52,7 +75,11 @@ class TranskimmerRobertaConfig(RobertaConfig):
     model_type = "transkimmer-roberta"
     skim_enabled: bool = True
     skim_coefficient: float | int = 0.5
+    target_keep_ratio: float | int | None = None
+    min_kept_tokens: int = 4
+    keep_threshold: float | int = 0.5
     gumbel_tau: float | int = 1.0
+    gumbel_noise: bool = True
     skim_bias_init: float | int = 5.0
 
 
@@ -89,7 +116,8 @@ class SkimPredictor(nn.Sequential):
 
 
 class TranskimmerSelector(TokenSelector):
-    """One `SkimPredictor` before every layer; Gumbel straight-through in training, argmax at inference.
+    """One `SkimPredictor` before every layer; Gumbel straight-through in training, a threshold on P(keep)
+    at inference. The keep score is the predictor's logit difference `keep - skip`.
 
     Reads its settings from the live config, so `model.config.skim_enabled = False` takes effect at once.
     """
@@ -107,16 +135,35 @@ class TranskimmerSelector(TokenSelector):
     def loss_weight(self) -> float:
         return float(self.config.skim_coefficient)
 
+    @property
+    def min_kept_tokens(self) -> int:
+        return int(self.config.min_kept_tokens)
+
     def before_layer(self, layer_idx, hidden, hard):
+        """hidden `[..., hidden]` -> keep score `[...]` float32 (>= 0 keeps)."""
         if not self.enabled:
             return None
         logits = self.predictors[layer_idx](hidden).float()
-        if hard:
-            return logits[..., KEEP] > logits[..., SKIP]
-        return F.gumbel_softmax(logits, tau=float(self.config.gumbel_tau), hard=True)[..., KEEP]
+        score = logits[..., KEEP] - logits[..., SKIP]
+        if hard:  # P(keep) >= p  <=>  keep - skip >= logit(p)
+            p = min(max(float(self.config.keep_threshold), 1e-6), 1 - 1e-6)
+            score = score - math.log(p / (1 - p))
+        return score
+
+    def gate(self, layer_idx, score):
+        """Gumbel-softmax straight-through over (skip, keep): the forward is a hard 0/1 sample, the
+        backward the gradient of `sigmoid((score + logistic noise) / tau)` (the two-class Gumbel-softmax)."""
+        if self.config.gumbel_noise:
+            u = torch.rand_like(score).clamp(1e-6, 1 - 1e-6)
+            score = score + torch.log(u) - torch.log1p(-u)
+        soft = torch.sigmoid(score / float(self.config.gumbel_tau))
+        return (soft >= 0.5).to(soft.dtype) + soft - soft.detach()
 
     def loss(self, masks, real):
-        return keep_ratio_loss(masks, real) if self.enabled else None
+        if not self.enabled:
+            return None
+        target = self.config.target_keep_ratio
+        return keep_ratio_loss(masks, real) if target is None else budget_loss(masks, real, float(target))
 
     def macs_per_token(self):
         if not self.enabled:

@@ -201,3 +201,38 @@ def test_demo_with_the_packaged_minilm(tmp_path):
     dense, skim = report["rows"]
     assert dense["accuracy"] > 0.8 and skim["flops_ratio"] > 1.0
     assert report["wall_clock_minutes"] < 15
+
+
+def test_calibrate_search_finds_the_smallest_knob_that_reaches_the_target():
+    from tokenskim.trainers.calibrate import search
+
+    def evaluate(scale):  # FLOPs ratio grows with the knob; accuracy falls
+        return {"flops_ratio": 1.0 + scale, "accuracy": 1.0 - scale / 10}
+
+    chosen, points = search(evaluate, "threshold_scale", target_flops=3.0)
+    assert chosen == pytest.approx(2.0, abs=8.0 / 5 / 2**6 + 1e-5)  # grid step 1.6, halved 6 times
+    assert chosen >= 2.0
+    assert all(r["flops_ratio"] < 3.0 for value, r in points if value < chosen)
+    assert search(evaluate, "threshold_scale", target_flops=100.0)[0] is None  # out of reach
+
+
+def test_calibrate_writes_the_chosen_threshold_and_its_curve(trained, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder)
+    argv = ["--model", str(folder), *SST2, "--target-flops", "1.3", "--calibration-split", "validation",
+            "--max-calibration-samples", "24", "--batch-size", "8"]
+    assert command("calibrate", argv) == 0
+    record = json.loads((folder / "calibration.json").read_text())
+    chosen = record["chosen"]
+    assert record["knob"] == "keep_threshold" and chosen is not None
+    assert json.loads((folder / "config.json").read_text())["keep_threshold"] == chosen
+    at = {p["keep_threshold"]: p for p in record["points"]}
+    assert at[chosen]["flops_ratio"] >= 1.3
+    assert all(p["flops_ratio"] < 1.3 for value, p in at.items() if value < chosen)
+    assert (folder / "calibration.png").stat().st_size > 0
+    from transformers import AutoModelForSequenceClassification
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
+    assert reloaded.config.keep_threshold == chosen

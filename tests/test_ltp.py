@@ -265,7 +265,7 @@ def test_bad_stage_is_an_error():
 
 def test_cls_only_and_everything_pruned():
     batch = {"input_ids": torch.tensor([[3, 4, 5], [3, 0, 0]]), "attention_mask": torch.tensor([[1, 1, 1], [1, 0, 0]])}
-    model = pruning_model(final_threshold=10.0)  # every token but CLS pruned after layer 1's attention
+    model = pruning_model(final_threshold=10.0, min_kept_tokens=0)  # all but CLS pruned after layer 1's attention
     with torch.no_grad():
         out = model(**batch)
     assert torch.isfinite(out.logits).all()
@@ -316,3 +316,23 @@ def test_local_auto_registration():
     config = AutoConfig.for_model("ltp-bert", **fields)
     assert isinstance(config, LTPBertConfig)
     assert type(AutoModelForSequenceClassification.from_config(config)) is LTPBertForSequenceClassification
+
+
+def test_budget_loss_is_the_distance_to_the_target_times_the_layers():
+    """With `target_keep_ratio`, the soft stage's loss is L * |kept ratio - target| over real tokens (pooled
+    over the batch), pulling down when above the target and up when below."""
+    # a soft gate (T = 0.05) and no floor, so every token's gate carries a gradient
+    model = pruning_model(target_keep_ratio=0.5, temperature=0.05, min_kept_tokens=1).train()
+    batch = mixed_batch([9, 4, 6], seq=12)
+    out = model(**batch)
+    real = batch["attention_mask"].bool()
+    # the loss uses the soft masks, which the encoder returns
+    hidden = model.bert.embeddings(input_ids=batch["input_ids"])
+    masks = model.bert.encoder(hidden, real, model.bert.selector).masks
+    ratio = float(sum((m * real).sum() for m in masks).detach() / (real.sum() * len(masks)))
+    torch.testing.assert_close(out.skim_loss.item(), 3 * abs(ratio - 0.5), rtol=1e-5, atol=1e-6)
+    for target, sign in ((0.01, 1.0), (0.999, -1.0)):  # above the target it pushes down, below it pulls up
+        model.config.target_keep_ratio = target
+        model.zero_grad()
+        model(**batch).skim_loss.backward()
+        assert sign * float(model.bert.selector.threshold_offsets.grad[1:].sum()) < 0  # higher thresholds keep fewer

@@ -3,7 +3,17 @@
 import pytest
 import torch
 
-from tokenskim.modeling.packing import SHORT_SEQUENCE, lengths_to_cu, padded_attention, pad, unpad, varlen_attention
+from tokenskim.modeling.packing import (
+    SHORT_SEQUENCE,
+    floor_mask,
+    keep_decision,
+    lengths_to_cu,
+    pad,
+    padded_attention,
+    row_to_sequence,
+    unpad,
+    varlen_attention,
+)
 
 
 def reference_attention(q, k, v, lengths):
@@ -34,3 +44,46 @@ def test_unpad_pad_round_trip():
     back = pad(packed, index, 3, 6)
     torch.testing.assert_close(back[real], hidden[real])
     assert bool((back[~real] == 0).all())
+
+
+def reference_keep(score, lengths, min_kept):
+    """Each sequence alone: score >= 0, CLS, and its min_kept best rows (CLS first)."""
+    keeps = []
+    for s in score.split(lengths):
+        s = s.clone()
+        s[0] = float("inf")
+        keep = s >= 0
+        keep[s.argsort(descending=True, stable=True)[:min_kept]] = True
+        keeps.append(keep)
+    return torch.cat(keeps)
+
+
+@pytest.mark.parametrize("min_kept", [0, 1, 3, 50])
+def test_keep_decision_matches_each_sequence_alone(min_kept):
+    lengths = [1, 5, 2, 9, 4]
+    score = torch.randn(sum(lengths), generator=torch.Generator().manual_seed(min_kept)) - 1.0
+    cu = lengths_to_cu(torch.tensor(lengths))
+    keep = keep_decision(score, row_to_sequence(torch.tensor(lengths)), cu, min_kept)
+    assert keep.tolist() == reference_keep(score, lengths, min_kept).tolist()
+    if min_kept == 50:
+        assert bool(keep.all())
+    counts = [int(k.sum()) for k in keep.split(lengths)]
+    assert all(c >= min(min_kept, n) and c >= 1 for c, n in zip(counts, lengths))
+
+
+def test_floor_mask_matches_keep_decision_on_the_alive_tokens():
+    """The padded twin: the floor among the tokens still in equals the packed floor on those tokens alone."""
+    lengths, seq, min_kept = [6, 3, 8], 10, 3
+    g = torch.Generator().manual_seed(0)
+    score = torch.randn(len(lengths), seq, generator=g) - 5.0  # every score below 0: only the floor keeps
+    real = torch.arange(seq) < torch.tensor(lengths)[:, None]
+    alive = real & (torch.rand(len(lengths), seq, generator=g) > 0.3)
+    alive[:, 0] = True
+    first = torch.zeros_like(real)
+    first[:, 0] = True
+    floor = floor_mask(score, alive, first, min_kept)
+    alive_lengths = alive.sum(1).tolist()
+    packed = keep_decision(score[alive], row_to_sequence(torch.tensor(alive_lengths)),
+                           lengths_to_cu(torch.tensor(alive_lengths)), min_kept)
+    assert floor[alive].tolist() == packed.tolist()
+    assert not bool(floor[~alive].any())

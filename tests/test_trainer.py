@@ -168,13 +168,16 @@ def test_training_statistics_arithmetic(tiny_dir, sample, tmp_path):
     trainer = make_trainer(transkimmer(tiny_dir), tokenizer, tokenized, spec, tmp_path)
     mask_a = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])  # 6 real tokens
     mask_b = torch.tensor([[1, 1, 0, 0]])  # 2 real tokens
-    trainer._record_train({"kept_tokens": torch.tensor([[4, 1], [2, 2]]), "skim_loss": torch.tensor(0.5)}, mask_a)
-    trainer._record_train({"kept_tokens": torch.tensor([[2, 0]]), "skim_loss": torch.tensor(0.25)}, mask_b)
+    trainer._record_train({"kept_tokens": torch.tensor([[4, 1], [2, 2]]), "skim_loss": torch.tensor(0.5)}, mask_a,
+                          torch.tensor(0.75))
+    trainer._record_train({"kept_tokens": torch.tensor([[2, 0]]), "skim_loss": torch.tensor(0.25)}, mask_b,
+                          torch.tensor(0.25))
     stats = trainer._train_statistics()
     assert stats["kept_token_ratio"] == pytest.approx((4 + 1 + 2 + 2 + 2 + 0) / (8 * 2))
     assert stats["keep_rate_layer_0"] == pytest.approx(8 / 8)
     assert stats["keep_rate_layer_1"] == pytest.approx(3 / 8)
     assert stats["skim_loss"] == pytest.approx(0.375)
+    assert stats["task_loss"] == pytest.approx(0.5)
     assert trainer._train_sums is None  # reset after each log
 
 
@@ -253,3 +256,19 @@ def test_move_to_own_groups_keeps_group_settings():
     move_to_own_groups(opt, [b, c], lr=5.0)
     groups = [(len(g["params"]), g["lr"], g["weight_decay"]) for g in opt.param_groups]
     assert groups == [(1, 1.0, 0.1), (1, 5.0, 0.1), (1, 5.0, 0.0)]
+
+
+def test_skim_warmup_ramps_the_auxiliary_weight(tiny_dir, sample, tmp_path):
+    """The loss the optimizer sees is task + ramp * lambda * skim, the ramp rising linearly to 1 over
+    `skim_warmup_steps`; the model's own loss (ramp 1) is unchanged."""
+    tokenizer, tokenized, spec = sample
+    model = transkimmer(tiny_dir, skim_bias_init=20.0, skim_coefficient=0.5)
+    trainer = make_trainer(model, tokenizer, tokenized, spec, tmp_path)
+    trainer.skim_warmup_steps = 4
+    batch = data.collator(tokenizer)([tokenized["train"][i] for i in range(4)])
+    model.train()
+    for step, ramp in ((0, 0.25), (2, 0.75), (3, 1.0), (10, 1.0)):
+        trainer.state.global_step = step
+        loss, out = trainer.compute_loss(model, dict(batch), return_outputs=True)
+        task = out.loss - 0.5 * out.skim_loss
+        torch.testing.assert_close(loss, task + ramp * 0.5 * out.skim_loss)

@@ -17,7 +17,6 @@ from transformers import (
     RobertaModel,
 )
 
-import tokenskim.modeling.transkimmer as transkimmer_module
 from tokenskim.modeling import (
     TranskimmerBertConfig,
     TranskimmerBertForQuestionAnswering,
@@ -106,7 +105,8 @@ def test_packed_inference_equals_masked_path_with_hard_decisions():
         packed = model(**batch).logits
         selector = model.bert.selector
         before = selector.before_layer
-        selector.before_layer = lambda i, h, hard: before(i, h, hard=True).to(h.dtype)
+        selector.before_layer = lambda i, h, hard: before(i, h, hard=True)
+        selector.gate = _hard_gate
         model.train()
         masked = model(**batch).logits
     torch.testing.assert_close(masked, packed, atol=1e-5, rtol=0)
@@ -127,16 +127,15 @@ def test_rows_processed_equal_kept_counts():
     assert seen["attention"][-1] < seen["attention"][0]
 
 
-def _no_gumbel_noise(logits, tau=1.0, hard=True):
-    """Straight-through argmax without noise, to make training-mode decisions reproducible."""
-    soft = torch.softmax(logits / tau, -1)
-    one_hot = torch.nn.functional.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
-    return one_hot - soft.detach() + soft
+def _hard_gate(layer_idx, score):
+    """Straight-through decision without Gumbel noise, to make training-mode decisions reproducible."""
+    soft = torch.sigmoid(score)
+    return (score >= 0).to(score.dtype) - soft.detach() + soft
 
 
-def test_skim_loss_ignores_padding(monkeypatch):
-    monkeypatch.setattr(transkimmer_module.F, "gumbel_softmax", _no_gumbel_noise)
+def test_skim_loss_ignores_padding():
     model = skimming_model().train()
+    model.bert.selector.gate = _hard_gate
     lengths = [9, 4, 6]
     tight, padded = mixed_batch(lengths), mixed_batch(lengths, seq=30)
     loss_tight = model(**tight).skim_loss
@@ -226,7 +225,7 @@ def test_no_mask_without_padding_means_all_real():
 
 def test_edge_cases_cls_only_and_everything_skimmed():
     batch = {"input_ids": torch.tensor([[3, 4], [3, 0]]), "attention_mask": torch.tensor([[1, 1], [1, 0]])}
-    for model in (skimming_model(), skimming_model(bias=-5.0)):  # bias -5: every token but CLS skimmed
+    for model in (skimming_model(), skimming_model(bias=-5.0, min_kept_tokens=0)):  # bias -5: all but CLS skimmed
         with torch.no_grad():
             out = model(**batch)
             assert torch.isfinite(out.logits).all()
@@ -235,6 +234,31 @@ def test_edge_cases_cls_only_and_everything_skimmed():
     model.train()
     out = model(**batch, labels=torch.tensor([0, 2]))
     assert torch.isfinite(out.loss)
+
+
+def test_short_inputs_keep_min_kept_tokens():
+    """A predictor that skips everything still leaves each sequence its `min_kept_tokens` best tokens
+    (CLS counted), in both execution paths, so short inputs stay answerable."""
+    lengths = [2, 3, 9]
+    model = skimming_model(bias=-5.0, min_kept_tokens=3)
+    with torch.no_grad():
+        out = model(**mixed_batch(lengths))
+    assert out.kept_tokens.tolist() == [[min(n, 3)] * 3 for n in lengths]
+    model.train()
+    out = model(**mixed_batch(lengths))
+    assert out.kept_tokens.tolist() == [[min(n, 3)] * 3 for n in lengths]
+
+
+def test_keep_threshold_trades_tokens_without_retraining():
+    """keep_threshold is P(keep) at inference: higher keeps fewer tokens, 0.5 is the argmax."""
+    model = skimming_model(min_kept_tokens=0)
+    batch = mixed_batch(MIXED_LENGTHS)
+    kept = []
+    for p in (0.05, 0.5, 0.95):
+        model.config.keep_threshold = p
+        with torch.no_grad():
+            kept.append(int(model(**batch).kept_tokens.sum()))
+    assert kept[0] > kept[1] > kept[2]
 
 
 def test_bf16_cpu_inference_is_finite():

@@ -12,6 +12,7 @@ COMMANDS = {
     "evaluate": ("evaluate", "evaluate a checkpoint: task metric, kept-token ratio, FLOPs ratio"),
     "bench": ("bench", "measure wall-clock speed against the stock dense model"),
     "explain": ("explain", "show which tokens a model drops, layer by layer"),
+    "calibrate": ("calibrate", "pick a model's inference threshold for a target FLOPs ratio, without retraining"),
 }
 
 

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from tokenskim.modeling.packing import keep_decision
+
 BEFORE, AFTER = "before_layer", "after_attention"
 
 
@@ -78,7 +80,7 @@ def counts_from_drops(drops: TokenDrops, num_layers: int):
 
 @contextlib.contextmanager
 def record_decisions(selector):
-    """Records `(layer, stage, keep)` for every hard decision `selector` returns while active."""
+    """Records `(layer, stage, keep)` for every hard decision `selector` takes while active (batch of one)."""
     log = []
     originals = {}
 
@@ -87,10 +89,13 @@ def record_decisions(selector):
         originals[name] = original
 
         def recorded(layer_idx, tensor, hard, *args, **kwargs):
-            keep = original(layer_idx, tensor, hard, *args, **kwargs)
-            if keep is not None and hard:
-                log.append((layer_idx, stage, keep.detach().bool().cpu().clone()))
-            return keep
+            score = original(layer_idx, tensor, hard, *args, **kwargs)
+            if score is not None and hard:  # one sequence: the engine's decision rule on its rows
+                score = score.detach().flatten()
+                one = torch.zeros(len(score), dtype=torch.long, device=score.device)
+                cu = torch.tensor([0, len(score)], dtype=torch.int32, device=score.device)
+                log.append((layer_idx, stage, keep_decision(score, one, cu, selector.min_kept_tokens).cpu()))
+            return score
 
         object.__setattr__(selector, name, recorded)
 

@@ -57,12 +57,15 @@ class Method:
 METHODS = {
     "dense": Method(dense_class, (), "stock transformers fine-tuning, every token through every layer"),
     "transkimmer": Method(
-        transkimmer_class, ("skim_coefficient", "gumbel_tau", "skim_enabled", "skim_bias_init"),
+        transkimmer_class,
+        ("skim_coefficient", "target_keep_ratio", "min_kept_tokens", "keep_threshold", "gumbel_tau", "gumbel_noise",
+         "skim_enabled", "skim_bias_init"),
         "Transkimmer: a predictor before each layer skims tokens (Guan et al., ACL 2022)",
     ),
     # multi-stage methods (stages: trainers/schedules.py)
     "ltp": Method(
-        ltp_class, ("final_threshold", "temperature", "skim_coefficient"),
+        ltp_class,
+        ("final_threshold", "temperature", "skim_coefficient", "target_keep_ratio", "min_kept_tokens", "threshold_scale"),
         "Learned Token Pruning: tokens receiving little attention leave after a layer's attention (Kim et al., KDD 2022)",
     ),
     "early-exit": Method(
@@ -71,16 +74,28 @@ METHODS = {
     ),
     "magic-pyramid": Method(
         magic_pyramid_class,
-        ("final_threshold", "temperature", "skim_coefficient", "exit_threshold", "exit_criterion", "exit_patience"),
+        ("final_threshold", "temperature", "skim_coefficient", "target_keep_ratio", "min_kept_tokens", "threshold_scale",
+         "exit_threshold", "exit_criterion", "exit_patience"),
         "Magic Pyramid: Learned Token Pruning plus early exit (He et al., 2021)",
     ),
 }
 
+def parse_bool(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
+
+
 # config field -> (type, help). The flag is `--field-name`; unset flags keep the checkpoint's value.
 HYPERPARAMETERS = {
     "skim_coefficient": (float, "Transkimmer: weight lambda of the skim loss (kept-token ratio); larger skims more"),
+    "target_keep_ratio": (float, "Transkimmer/LTP/Magic Pyramid: train to this kept-token ratio (budget |ratio - r|); "
+                          "unset: the paper's loss, which pushes without end"),
+    "min_kept_tokens": (int, "Transkimmer/LTP/Magic Pyramid: every sequence keeps at least this many tokens per layer"),
+    "keep_threshold": (float, "Transkimmer: inference keeps a token where P(keep) >= this (default 0.5)"),
+    "threshold_scale": (float, "LTP/Magic Pyramid: inference prunes below this times the learned thresholds (default 1)"),
     "gumbel_tau": (float, "Transkimmer: Gumbel-softmax temperature in training"),
-    "skim_enabled": (lambda s: s.lower() in ("1", "true", "yes"), "Transkimmer: false runs the engine with every token kept"),
+    "gumbel_noise": (parse_bool,
+                     "Transkimmer: false trains on the deterministic decisions inference takes (straight-through)"),
+    "skim_enabled": (parse_bool, "Transkimmer: false runs the engine with every token kept"),
     "skim_bias_init": (float, "Transkimmer: new predictors start with keep/skip logits +/- this (default 5: keep all)"),
     # LTP, early exit, Magic Pyramid
     "final_threshold": (float, "LTP/Magic Pyramid: threshold theta_L of the last layer (layer l uses theta_L * l / L + a learned offset)"),

@@ -150,6 +150,7 @@ def run_schedule(
     exit_head_init: str = "classifier",
     finetuned: str | None = None,
     command: str = "",
+    skim_warmup_steps: int = 0,
 ) -> list:
     """Runs (or continues) the method's stages; returns one record per stage (its evaluation results).
 
@@ -157,6 +158,7 @@ def run_schedule(
     `TrainingArguments` every stage starts from (output_dir is the schedule's folder).
     stage_epochs / stage_learning_rates: one value per stage (None: the paper's epochs / the common rate).
     threshold_learning_rate: learning rate of LTP's thresholds in the soft-pruning stage.
+    skim_warmup_steps: warm-up of the pruning loss's weight in the soft-pruning stage (see `SkimTrainer`).
     finetuned: an existing fine-tuned checkpoint; the fine-tune stage is skipped.
     """
     from .train import save_hub_folder, task_config  # train imports this module for its --method hook
@@ -194,6 +196,7 @@ def run_schedule(
             model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
             processing_class=tokenizer, data_collator=data.collator(tokenizer), compute_metrics=compute_metrics,
             selector_learning_rate=threshold_learning_rate if STAGES[name].thresholds_train else None,
+            skim_warmup_steps=skim_warmup_steps if STAGES[name].thresholds_train else 0,
         )
         resume = get_last_checkpoint(str(folder)) if folder.is_dir() else None
         logger.info("stage %d (%s): %s epochs from %s%s", index, name, epochs[index - 1], previous,
@@ -256,7 +259,7 @@ def run(args):
         hyperparameters=method_hyperparameters(args), stage_epochs=args.stage_epochs,
         stage_learning_rates=args.stage_learning_rates, threshold_learning_rate=args.selector_learning_rate,
         max_length=args.max_length or DEFAULT_MAX_LENGTH, exit_head_init=args.exit_head_init,
-        finetuned=args.finetuned, command=_command(args),
+        finetuned=args.finetuned, command=_command(args), skim_warmup_steps=args.skim_warmup_steps,
     )
     names = metrics.metric_names(spec.name, spec.is_regression, spec.num_labels)
     for record in records:

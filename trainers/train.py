@@ -66,6 +66,8 @@ def add_method_arguments(parser):
         g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type_, help=help_ + " (default: the checkpoint's)")
     g.add_argument("--selector-learning-rate", type=float,
                    help="learning rate of the token selector's parameters (default: --learning-rate)")
+    g.add_argument("--skim-warmup-steps", type=int, default=0,
+                   help="ramp the skim loss's weight from 0 to --skim-coefficient over this many steps (default 0)")
 
 
 def add_arguments(parser):
@@ -126,6 +128,7 @@ def fine_tune(
     max_length: int = DEFAULT_MAX_LENGTH,
     selector_learning_rate: float | None = None,
     resume_from_checkpoint=None,
+    skim_warmup_steps: int = 0,
 ):
     """Fine-tunes and evaluates; returns `(trainer, results)` with results keyed without `eval_`.
 
@@ -145,6 +148,7 @@ def fine_tune(
         data_collator=data.collator(tokenizer),
         compute_metrics=metrics.build_compute_metrics(spec.name, spec.is_regression, spec.num_labels),
         selector_learning_rate=selector_learning_rate,
+        skim_warmup_steps=skim_warmup_steps,
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     results = strip_prefix(trainer.evaluate())
@@ -212,7 +216,7 @@ def run(args):
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     trainer, results = fine_tune(
         args.method, args.model, raw, spec, training_args, hyperparameters, max_length,
-        args.selector_learning_rate, resume,
+        args.selector_learning_rate, resume, args.skim_warmup_steps,
     )
     record = save_hub_folder(
         trainer, results, spec, method=args.method, base_model=args.model,
@@ -221,6 +225,7 @@ def run(args):
         extra_training={
             **{name: getattr(trainer.model.config, name, None) for name in hyperparameters},
             "selector learning rate": args.selector_learning_rate,
+            "skim warm-up steps": args.skim_warmup_steps or None,
         },
     )
     if record is not None:

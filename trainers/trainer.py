@@ -6,7 +6,10 @@
   `tokenskim.modeling.flops`) and the per-layer keep rates. A stock dense model reports 1.0 for both.
 - The loss is a per-batch mean for every model here, so it is divided by the gradient-accumulation steps
   and averaged by DDP, never rescaled by token counts (see `__init__`).
-- An optional learning rate of its own for the token selector (`selector_learning_rate`).
+- An optional learning rate of its own for the token selector (`selector_learning_rate`), and a warm-up
+  of the auxiliary loss (`skim_warmup_steps`: its weight ramps from 0 to the model's over that many steps).
+- The training log has the task loss (`task_loss`) and the auxiliary loss (`skim_loss`) apart, so
+  `task_loss` compares with `eval_loss`, which never includes the auxiliary term.
 
 The model computes its own total loss (task loss + weighted auxiliary loss); the trainer only reads it.
 """
@@ -87,12 +90,15 @@ class SkimTrainer(Trainer):
     Args:
         selector_learning_rate: learning rate of the token selector's parameters (Transkimmer's
             predictors, LTP's thresholds). None: the same as every other parameter.
+        skim_warmup_steps: the auxiliary loss's weight ramps linearly from 0 to the model's
+            (`selector.loss_weight`) over this many optimizer steps; 0: full weight from the start.
         *args, **kwargs: as for `transformers.Trainer`.
     """
 
-    def __init__(self, *args, selector_learning_rate: float | None = None, **kwargs):
+    def __init__(self, *args, selector_learning_rate: float | None = None, skim_warmup_steps: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.selector_learning_rate = selector_learning_rate
+        self.skim_warmup_steps = int(skim_warmup_steps)
         if selector_learning_rate is not None and not selector_parameter_names(self.model):
             raise ValueError(f"{type(self.model).__name__} has no token selector; drop --selector-learning-rate")
         # Every model here returns a per-batch mean loss. Stock transformers classifiers accept **kwargs, which
@@ -121,30 +127,49 @@ class SkimTrainer(Trainer):
         self._train_sums = None  # nothing left over from an earlier run (or stage) of this trainer
         return super().train(*args, **kwargs)
 
+    def skim_weight_scale(self) -> float:
+        """The auxiliary loss's share of its full weight at the current step (the warm-up ramp)."""
+        if self.skim_warmup_steps <= 0:
+            return 1.0
+        return min(1.0, (self.state.global_step + 1) / self.skim_warmup_steps)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        skim = outputs.get("skim_loss") if model.training else None
+        task = loss
+        if skim is not None:
+            weighted = selector_of(self.model).loss_weight * skim  # the model's loss is task + weighted
+            task = loss - weighted
+            loss = task + self.skim_weight_scale() * weighted
         if model.training and outputs.get("kept_tokens") is not None:
-            self._record_train(outputs, inputs["attention_mask"])
+            self._record_train(outputs, inputs["attention_mask"], task)
         return (loss, outputs) if return_outputs else loss
 
     @torch.no_grad()
-    def _record_train(self, outputs, attention_mask):
+    def _record_train(self, outputs, attention_mask, task_loss):
         kept = outputs["kept_tokens"].sum(0).double()  # [layers]
         skim = outputs.get("skim_loss")
         row = torch.cat([
             attention_mask.sum().double().view(1),
             torch.ones(1, dtype=torch.float64, device=kept.device),
             (skim.detach().double() if skim is not None else kept.new_zeros(())).view(1),
+            task_loss.detach().double().view(1),
             kept,
-        ])  # [real tokens, micro-batches, skim loss, kept per layer]
+        ])  # [real tokens, micro-batches, skim loss, task loss, kept per layer]
         self._train_sums = row if self._train_sums is None else self._train_sums + row
 
     def _train_statistics(self) -> dict:
         """Statistics since the last log, summed over processes. Called on every process in lockstep."""
         sums = self.accelerator.reduce(self._train_sums, reduction="sum")
         self._train_sums = None
-        real, batches, skim, kept = sums[0], sums[1], sums[2], sums[3:]
-        stats = {"kept_token_ratio": float(kept.sum() / (real * len(kept))), "skim_loss": float(skim / batches)}
+        real, batches, skim, task, kept = sums[0], sums[1], sums[2], sums[3], sums[4:]
+        stats = {
+            "kept_token_ratio": float(kept.sum() / (real * len(kept))),
+            "skim_loss": float(skim / batches),
+            "task_loss": float(task / batches),
+        }
+        if self.skim_warmup_steps > 0:
+            stats["skim_weight_scale"] = self.skim_weight_scale()
         stats.update({f"keep_rate_layer_{i}": float(k / real) for i, k in enumerate(kept)})
         return stats
 

@@ -1,0 +1,85 @@
+"""Budget-targeted skimming learns *which* tokens matter: a synthetic task whose label is carried by two
+marked tokens among random fillers. Trained through `SkimTrainer` with a keep target of 0.3, a model must
+answer (near) perfectly, keep the marked tokens in every layer, and land within 0.05 of the target. A model
+that skims everything (or the wrong tokens) fails the same checks, which the last test shows."""
+
+import datasets
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from tokenskim.modeling import TranskimmerBertConfig, TranskimmerBertForSequenceClassification
+from tokenskim.trainers.explain import drop_layers, record_decisions
+from tokenskim.trainers.trainer import SkimTrainer
+
+SEQ, LAYERS, TARGET = 16, 2, 0.3
+CLS, SEP, MARKS, FILLERS = 1, 2, (3, 4), (5, 40)
+
+
+def marked_task(n: int, seed: int):
+    """input_ids `[n, SEQ]` (CLS, fillers, SEP) with the class's marker at two random positions; labels `[n]`."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(*FILLERS, (n, SEQ), generator=g)
+    ids[:, 0], ids[:, -1] = CLS, SEP
+    labels = torch.randint(0, 2, (n,), generator=g)
+    for i in range(n):
+        ids[i, torch.randperm(SEQ - 2, generator=g)[:2] + 1] = MARKS[int(labels[i])]
+    return ids, labels
+
+
+def train_to_budget(tmp_path, steps=300):
+    torch.manual_seed(0)
+    config = TranskimmerBertConfig(
+        vocab_size=FILLERS[1], hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=32, num_labels=2, pad_token_id=0,
+        target_keep_ratio=TARGET, skim_coefficient=1.0, min_kept_tokens=1, skim_bias_init=2.0, gumbel_noise=False,
+    )
+    model = TranskimmerBertForSequenceClassification(config)
+    ids, labels = marked_task(steps * 32, seed=0)
+    train = datasets.Dataset.from_dict(
+        {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist(), "labels": labels.tolist()}
+    )
+    args = TrainingArguments(
+        str(tmp_path), per_device_train_batch_size=32, learning_rate=3e-3, num_train_epochs=1, report_to="none",
+        save_strategy="no", logging_strategy="no", disable_tqdm=True, use_cpu=True, seed=0,
+    )
+    SkimTrainer(model=model, args=args, train_dataset=train, skim_warmup_steps=20).train()
+    return model.eval()
+
+
+def check(model, n=128):
+    """Accuracy, kept-token ratio, and the share of marked tokens that went through every layer."""
+    ids, labels = marked_task(n, seed=1)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    accuracy = float((out.logits.argmax(-1) == labels).float().mean())
+    ratio = float(out.kept_tokens.sum()) / (ids.numel() * LAYERS)
+    marks_kept = []
+    with torch.no_grad():
+        for row in ids[:32]:
+            with record_decisions(model.bert.selector) as log:
+                model(input_ids=row[None])
+            layer = drop_layers(log, SEQ, LAYERS).layer
+            marks_kept += [layer[j] == LAYERS for j in range(SEQ) if int(row[j]) in MARKS]
+    return accuracy, ratio, sum(marks_kept) / len(marks_kept)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_to_budget(tmp_path_factory.mktemp("budget"))
+
+
+def test_budget_training_keeps_the_tokens_that_carry_the_label(trained):
+    accuracy, ratio, marks_kept = check(trained)
+    assert accuracy >= 0.98
+    assert abs(ratio - TARGET) <= 0.05, ratio
+    assert marks_kept == 1.0
+
+
+def test_a_model_that_skims_everything_fails_the_same_checks(trained):
+    trained.config.keep_threshold = 1.0  # nothing passes: only the floor (CLS) is left
+    try:
+        accuracy, ratio, marks_kept = check(trained)
+    finally:
+        trained.config.keep_threshold = 0.5
+    assert accuracy < 0.75 and marks_kept == 0.0 and abs(ratio - TARGET) > 0.05

@@ -1,0 +1,159 @@
+"""`tokenskim calibrate`: pick a trained model's inference knob for a target FLOPs ratio, without retraining.
+
+Each family has one knob that trades tokens for accuracy at inference, monotone in the work saved:
+Transkimmer's `keep_threshold` (P(keep) a token needs), LTP's and Magic Pyramid's `threshold_scale`
+(a factor on the learned thresholds), and early exit's `exit_threshold` (tau; `--knob exit_threshold` for
+Magic Pyramid). `calibrate` evaluates the model on a calibration split (by default 1,000 seeded training
+rows, not the evaluation split) over a coarse grid of the knob, then bisects to the smallest setting that
+reaches `--target-flops`, writes it into the folder's `config.json`, and draws the metric-vs-FLOPs curve it
+searched (`calibration.png`, with every point in `calibration.json`).
+
+    tokenskim calibrate --model DIR --task sst2 --target-flops 2.0
+"""
+
+import json
+import math
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from . import data, metrics
+from .evaluate import add_data_arguments, check_model_fits_task, default_max_length, evaluate_model
+
+# knob -> (low, high, to search space, from search space); searched where the FLOPs ratio grows with it
+KNOBS = {
+    "keep_threshold": (1e-5, 1 - 1e-5, lambda p: math.log(p / (1 - p)), lambda z: 1 / (1 + math.exp(-z))),
+    "threshold_scale": (0.0, 8.0, lambda x: x, lambda x: x),
+    "exit_threshold": (0.0, 1.0, lambda x: x, lambda x: x),
+}
+CALIBRATION_FILE = "calibration.json"
+
+
+def default_knob(config) -> str:
+    """The family's knob: the first of `KNOBS` the config has."""
+    for name in KNOBS:
+        if hasattr(config, name):
+            return name
+    raise ValueError(f"{config.model_type} models have no inference knob ({', '.join(KNOBS)}): nothing to calibrate")
+
+
+def search(evaluate, knob: str, target_flops: float, grid_points: int = 6, bisect_steps: int = 6) -> tuple:
+    """The smallest knob value whose FLOPs ratio reaches `target_flops`, and every point evaluated.
+
+    evaluate: knob value -> results dict with `flops_ratio`. The knob is searched on a grid (in logit
+    space for probabilities) and then bisected between the last grid point below the target and the first
+    one at or above it. Returns `(value or None when the target is out of reach, points sorted by knob)`.
+    """
+    low, high, forward, backward = KNOBS[knob]
+    points = {}
+
+    def at(z):
+        value = float(f"{backward(z):.6g}")
+        if value not in points:
+            points[value] = evaluate(value)
+        return value, points[value]["flops_ratio"]
+
+    zs = [forward(low) + (forward(high) - forward(low)) * i / (grid_points - 1) for i in range(grid_points)]
+    below, above = None, None
+    for z in zs:
+        _, ratio = at(z)
+        if ratio >= target_flops:
+            above = z
+            break
+        below = z
+    if above is None:
+        return None, sorted(points.items())
+    if below is not None:
+        for _ in range(bisect_steps):
+            mid = (below + above) / 2
+            _, ratio = at(mid)
+            below, above = (below, mid) if ratio >= target_flops else (mid, above)
+    return float(f"{backward(above):.6g}"), sorted(points.items())
+
+
+def calibration_plot(points, knob, chosen, metric: str, target_flops: float, path) -> Path:
+    """Metric against FLOPs ratio for every knob value evaluated; the chosen one marked."""
+    from .plots import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [r["flops_ratio"] for _, r in points]
+    ys = [r[metric] for _, r in points]
+    ax.plot(xs, ys, "o-", color="#3b6ea8", label=f"{knob} searched")
+    for value, r in points:
+        ax.annotate(f"{value:g}", (r["flops_ratio"], r[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if chosen is not None:
+        r = dict(points)[chosen]
+        ax.plot([r["flops_ratio"]], [r[metric]], "*", markersize=14, color="#d1495b", label=f"chosen {knob}={chosen:g}")
+    ax.axvline(target_flops, color="grey", linestyle=":", label=f"target {target_flops:g}x")
+    ax.set_xlabel("FLOPs ratio (dense / model)")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, help="a local fine-tuned tokenskim checkpoint folder (its config is rewritten)")
+    add_data_arguments(parser)
+    parser.add_argument("--target-flops", type=float, required=True, help="the FLOPs ratio to reach (2.0 = half the work)")
+    parser.add_argument("--knob", choices=list(KNOBS), help="the setting to search (default: the family's)")
+    parser.add_argument("--calibration-split", choices=["train", "validation"], default="train",
+                        help="rows to calibrate on (default: train, so the evaluation split stays unseen)")
+    parser.add_argument("--max-calibration-samples", type=int, default=1000, help="seeded subset size (default 1000)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--dry-run", action="store_true", help="search and plot, but leave config.json as it is")
+
+
+def run(args):
+    folder = Path(args.model)
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"tokenskim calibrate: {folder} is not a local checkpoint folder (no config.json)")
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    knob = args.knob or default_knob(config)
+    if not hasattr(config, knob):
+        raise SystemExit(f"tokenskim calibrate: {config.model_type} has no {knob}; try --knob {default_knob(config)}")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    raw, spec = data.load_task(
+        task=args.task, data_dir=args.data_dir, train_file=args.train_file, validation_file=args.validation_file,
+        dataset_name=args.dataset_name, dataset_config=args.dataset_config, validation_split=args.validation_split,
+        text_columns=args.text_columns, label_column=args.label_column, problem_type=args.problem_type,
+        splits=(args.calibration_split,),
+    )
+    rows = data.subsample(raw[args.calibration_split], args.max_calibration_samples, args.seed)
+    check_model_fits_task(model.config, spec)
+    max_length = args.max_length or default_max_length(tokenizer, model.config)
+    metric = metrics.metric_names(spec.name, spec.is_regression, spec.num_labels)[0]
+    trained_value = getattr(model.config, knob)
+
+    def evaluate(value):
+        setattr(model.config, knob, value)  # selectors read the live config
+        results = evaluate_model(model, tokenizer, rows, spec, args.batch_size, max_length)
+        print(f"  {knob}={value:<10g} {metric} {results[metric]:.4f}  flops_ratio {results['flops_ratio']:.2f}  "
+              f"kept {results['kept_token_ratio']:.3f}")
+        return results
+
+    print(f"calibrating {knob} of {folder} on {rows.num_rows} {args.calibration_split} rows for FLOPs ratio >= {args.target_flops}")
+    chosen, points = search(evaluate, knob, args.target_flops)
+    record = {
+        "knob": knob, "trained_value": trained_value, "chosen": chosen, "target_flops": args.target_flops,
+        "split": args.calibration_split, "rows": rows.num_rows, "metric": metric,
+        "points": [{knob: value, **results} for value, results in points],
+    }
+    (folder / CALIBRATION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    plot = calibration_plot(points, knob, chosen, metric, args.target_flops, folder / "calibration.png")
+    if chosen is None:
+        print(f"no {knob} in its range reaches FLOPs ratio {args.target_flops}; config.json left as it is ({plot})")
+        return 1
+    if not args.dry_run:  # only the knob changes: edit the file rather than re-serialise the config
+        path = folder / "config.json"
+        saved = json.loads(path.read_text())
+        saved[knob] = chosen
+        path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    print(f"{knob} = {chosen:g} (trained with {trained_value:g})"
+          + ("" if args.dry_run else f", written to {folder / 'config.json'}") + f"; curve: {plot}")
+    return 0
