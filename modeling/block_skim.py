@@ -253,14 +253,13 @@ class BlockSkimSelector(TokenSelector):
         batch, seq = real.shape
         skipped = torch.zeros(batch, seq + self.block_size, dtype=torch.bool, device=real.device)
         offsets = torch.arange(self.block_size, device=real.device)
-        for r in self.records:
-            if r.keep is None or bool(r.keep.all()):
+        for r in self.records:  # index arithmetic only: no value is read back to the host
+            if r.keep is None:
                 continue
-            drop = ~r.keep
-            rows = r.sequence[drop][:, None].expand(-1, self.block_size)
-            cols = r.start[drop][:, None] + offsets
-            valid = offsets < r.length[drop][:, None]
-            skipped[rows[valid], cols[valid]] = True
+            rows = r.sequence[:, None].expand(-1, self.block_size).flatten()
+            cols = (r.start[:, None] + offsets).flatten()
+            dropped = ((offsets < r.length[:, None]) & ~r.keep[:, None]).flatten()
+            skipped[rows, cols] = skipped[rows, cols] | dropped  # a block's positions belong to it alone
         rank = (real.long().cumsum(1) - 1).clamp_min(0)
         return skipped.gather(1, rank) & real  # rank space -> padded positions
 
@@ -318,9 +317,8 @@ class BlockSkimQuestionAnsweringMixin:
         real = self.skim_model._real_tokens(input_ids, attention_mask, inputs_embeds)
         start_logits, end_logits = (x.squeeze(-1) for x in self.qa_outputs(out.last_hidden_state).split(1, dim=-1))
         skipped = selector.skipped_positions(real)
-        if bool(skipped.any()):
-            low = torch.finfo(start_logits.dtype).min
-            start_logits, end_logits = start_logits.masked_fill(skipped, low), end_logits.masked_fill(skipped, low)
+        low = torch.finfo(start_logits.dtype).min
+        start_logits, end_logits = start_logits.masked_fill(skipped, low), end_logits.masked_fill(skipped, low)
         loss = skim_loss = None
         if start_positions is not None and end_positions is not None:
             seq = start_logits.shape[1]

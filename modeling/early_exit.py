@@ -148,10 +148,11 @@ class ExitHeads(nn.ModuleList):
 
 
 class ExitDecision:
-    """The engine's `exit_fn` for one forward pass: `(layer_idx, cls [n, hidden]) -> (stop [n], logits [n, labels])`.
+    """The engine's `exit_fn` for one forward pass:
+    `(layer_idx, cls [n, hidden], sequence [n]) -> (stop [n], logits [n, labels])`.
 
-    `n` is the number of sequences still running; the engine removes the rows that stop, so the patience
-    state is compacted the same way and stays aligned with the running sequences.
+    `n` is the number of sequences still running and `sequence` their batch indices; the patience state is
+    kept per batch index, so it needs no compaction (and no host read) when sequences leave.
     """
 
     def __init__(self, heads: ExitHeads, config):
@@ -161,17 +162,20 @@ class ExitDecision:
             raise ValueError(f"exit_criterion must be one of {EXIT_CRITERIA}, got {self.criterion!r}")
         self.tau = float(config.exit_threshold)
         self.patience = int(config.exit_patience)
-        self.prev_pred = self.streak = None
+        self.prev_pred = self.streak = None  # [batch], set at the first layer (every sequence running)
 
-    def __call__(self, layer_idx, cls):
+    def __call__(self, layer_idx, cls, sequence):
         logits = self.heads[layer_idx](cls)
         if self.criterion == "entropy":
             return normalized_entropy(logits) <= self.tau, logits
         pred = logits.argmax(-1)
-        streak = patience_step(pred, self.prev_pred, self.streak)
-        stop = streak >= self.patience
-        self.prev_pred, self.streak = pred[~stop], streak[~stop]
-        return stop, logits
+        first = self.prev_pred is None
+        streak = patience_step(pred, None if first else self.prev_pred[sequence], None if first else self.streak[sequence])
+        if first:
+            self.prev_pred, self.streak = pred.clone(), streak.clone()
+        else:
+            self.prev_pred[sequence], self.streak[sequence] = pred, streak
+        return streak >= self.patience, logits
 
 
 def self_distillation_loss(head_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

@@ -26,14 +26,12 @@ from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer, Be
 from transformers.models.roberta.modeling_roberta import RobertaClassificationHead, RobertaEmbeddings
 
 from .packing import (
+    compact,
     first_rows,
     floor_mask,
     keep_decision,
-    keep_rows,
-    lengths_to_cu,
+    pack,
     padded_attention_blocks,
-    row_to_sequence,
-    unpad,
     varlen_attention,
     varlen_attention_with_blocks,
     varlen_attention_with_received,
@@ -135,70 +133,76 @@ class SkimEncoder(nn.Module):
         return self.forward_packed(hidden, real, selector, exit_fn)
 
     def forward_packed(self, hidden, real, selector, exit_fn=None):
-        """Inference: hard decisions, physical removal. hidden `[B, S, H]`, real `[B, S]` bool."""
+        """Inference: hard decisions, physical removal. hidden `[B, S, H]`, real `[B, S]` bool.
+
+        Host reads (each one a GPU synchronisation): one to pack the batch, then one per decision that may
+        drop rows (a selector's scores, an exit check), none in layers without decisions.
+        """
         batch, seq, _ = hidden.shape
         num_layers = len(self.layer)
-        x, index, cu, lengths = unpad(hidden, real)
+        state = pack(real)
+        x = hidden.flatten(0, 1).index_select(0, state.index)
         rank = (real.long().cumsum(1) - 1).flatten()  # position among the real tokens, for attention blocks
         out = hidden.new_zeros(batch * seq, hidden.shape[-1])
-        alive = torch.arange(batch, device=hidden.device)  # batch index of each packed sequence
         kept = torch.zeros(batch, num_layers, dtype=torch.long, device=hidden.device)
         ffn = torch.zeros_like(kept)
         exit_layer = torch.full((batch,), num_layers, dtype=torch.long, device=hidden.device)
         exit_logits = None
         plan = selector.plan(hidden, real, hard=True)
 
-        def drop(x, score, extra=None):
-            """Forwards the rows not kept to the output, and packs the rest."""
-            nonlocal index, cu, lengths
-            row_seq = row_to_sequence(torch.as_tensor(lengths, device=x.device))
-            keep = keep_decision(score, row_seq, cu, selector.min_kept_tokens)
-            if bool(keep.all()):  # nothing to drop: skip the copies (common at batch 1 and early layers)
+        def counts():
+            cu = state.cu_seqlens
+            return (cu[1:] - cu[:-1]).long()
+
+        def drop(x, keep=None, keep_sequence=None, extra=None):
+            """Packs the rows that stay; the others keep their current state in the output."""
+            nonlocal state
+            change = compact(state, keep, keep_sequence)
+            if change is None:  # nothing dropped: no copies (common at batch 1 and in early layers)
                 return x, extra
-            out.index_copy_(0, index[~keep], x[~keep])
-            rows, lens = keep_rows(keep, row_seq, len(lengths))
-            index, cu, lengths = index[rows], lengths_to_cu(lens), lens.tolist()
-            return x[rows], (extra[rows] if extra is not None else None)
+            out.index_copy_(0, state.index, x)  # rows that stay are overwritten by a later state
+            rows, state = change
+            return x.index_select(0, rows), (extra.index_select(0, rows) if extra is not None else None)
+
+        def decide(score):
+            return keep_decision(score, state.row_seq, state.cu_seqlens, selector.min_kept_tokens)
 
         for i, layer in enumerate(self.layer):
-            score = selector.before_layer(i, x, hard=True) if plan is None else plan[i].flatten()[index]
+            score = selector.before_layer(i, x, hard=True) if plan is None else plan[i].flatten()[state.index]
             if score is not None:
-                x, _ = drop(x, score)
-            kept[alive, i] = torch.as_tensor(lengths, device=x.device)
+                x, _ = drop(x, decide(score))
+            kept[state.sequence, i] = counts()
 
             sa = layer.attention.self
             q, k, v = (_split_heads(proj(x), sa) for proj in (sa.query, sa.key, sa.value))
             if selector.needs_received_attention(i):
-                ctx, received = varlen_attention_with_received(q, k, v, lengths)
+                ctx, received = varlen_attention_with_received(q, k, v, state.cu_seqlens, state.lengths)
             elif selector.attention_block_size(i):
                 size = selector.attention_block_size(i)
-                ctx, received = varlen_attention_with_blocks(q, k, v, lengths, size, rank[index], alive)
+                ctx, received = varlen_attention_with_blocks(q, k, v, state.lengths, size, rank[state.index],
+                                                             state.sequence)
             else:
-                ctx, received = varlen_attention(q, k, v, cu, lengths), None
+                ctx, received = varlen_attention(q, k, v, state.cu_seqlens, state.lengths), None
             attn = layer.attention.output(ctx.flatten(1), x)
 
             score = selector.after_attention(i, received, hard=True) if received is not None else None
             if score is not None:
-                x, attn = drop(x, score, attn)  # a token pruned here forwards its input state
-            ffn[alive, i] = torch.as_tensor(lengths, device=x.device)
+                x, attn = drop(x, decide(score), extra=attn)  # a token pruned here forwards its input state
+            ffn[state.sequence, i] = counts()
             x = layer.output(layer.intermediate(attn), attn)
 
             if exit_fn is not None and i < num_layers - 1:
-                stop, logits = exit_fn(i, x[first_rows(cu)])
-                if stop.any():
-                    if exit_logits is None:
-                        exit_logits = logits.new_zeros(batch, logits.shape[-1])
-                    exit_logits[alive[stop]] = logits[stop]
-                    exit_layer[alive[stop]] = i + 1
-                    row_stop = stop[row_to_sequence(torch.as_tensor(lengths, device=x.device))]
-                    out.index_copy_(0, index[row_stop], x[row_stop])
-                    rows = (~row_stop).nonzero().squeeze(1)
-                    lens = torch.as_tensor(lengths, device=x.device)[~stop].to(torch.int32)
-                    x, index, cu, lengths, alive = x[rows], index[rows], lengths_to_cu(lens), lens.tolist(), alive[~stop]
-                    if not lengths:
-                        break
+                stop, logits = exit_fn(i, x[first_rows(state.cu_seqlens)], state.sequence)
+                if exit_logits is None:
+                    exit_logits = logits.new_zeros(batch, logits.shape[-1])
+                seqs = state.sequence
+                exit_logits[seqs] = torch.where(stop[:, None], logits.to(exit_logits.dtype), exit_logits[seqs])
+                exit_layer[seqs] = torch.where(stop, i + 1, exit_layer[seqs])
+                x, _ = drop(x, keep_sequence=~stop)
+                if not state.lengths:
+                    break
 
-        out.index_copy_(0, index, x)
+        out.index_copy_(0, state.index, x)
         return EncoderResult(
             last_hidden_state=out.view(batch, seq, -1),
             kept_tokens=kept,
@@ -449,7 +453,8 @@ class SkimModel(SkimPreTrainedModel):
                 )
             return torch.ones(batch, seq, dtype=torch.bool, device=ref.device)
         real = attention_mask.bool()
-        if not bool(real.any(1).all()):
+        # inference checks this in `pack`, from the lengths it reads anyway (no extra GPU synchronisation)
+        if self.training and not bool(real.any(1).all()):
             raise ValueError("every sequence needs at least one real token (a row of attention_mask is all zeros)")
         return real
 

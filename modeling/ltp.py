@@ -139,12 +139,10 @@ class LTPSelector(TokenSelector):
         return float(self.config.threshold_scale) * self.thresholds()[layer_idx].detach()
 
     def needs_received_attention(self, layer_idx):
-        if not self.enabled or float(self.config.final_threshold) * layer_idx <= 0:
-            return False  # layer 0 (and theta_L <= 0) never prunes: no attention probabilities needed
-        if self.training:
-            # soft: a negative threshold still gets a gradient, so it can come back
-            return self.stage == "soft" or float(self.thresholds()[layer_idx].detach()) > 0
-        return float(self.inference_threshold(layer_idx)) > 0  # s >= theta <= 0 keeps every token
+        # from the config alone: reading the learned offsets would make a GPU wait. Layer 0 (and theta_L <= 0)
+        # never prunes, so no attention probabilities are needed there.
+        scale = float(self.config.threshold_scale) if not self.training else 1.0
+        return self.enabled and float(self.config.final_threshold) * scale * layer_idx > 0
 
     def after_attention(self, layer_idx, received, hard):
         """received `[...]` float32 -> keep score `s - theta` `[...]` (>= 0 keeps)."""

@@ -5,6 +5,12 @@ sequences (sequence i owns rows `cu_seqlens[i]:cu_seqlens[i+1]`). Rows of one se
 and in their original order, so the first row of each sequence is its CLS token.
 
 These are small pure functions on tensors; the encoder loop in `engine.py` composes them.
+
+On a GPU every value the host reads from a tensor (`.tolist()`, `.item()`, `bool(t)`, `nonzero`, a boolean
+mask index) makes the CPU wait until the GPU is idle, so kernel launches stop overlapping with work. The
+packed state (`Packed`) therefore lives on the device; `pack` and `compact` read one small vector each (the
+new lengths, which the CPU attention loop and the variable-length kernel need on the host anyway) and
+everything else is computed from it without further reads.
 """
 
 from dataclasses import dataclass
@@ -42,25 +48,81 @@ def lengths_to_cu(lengths: torch.Tensor) -> torch.Tensor:
     return F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
 
 
-def row_to_sequence(lengths: torch.Tensor) -> torch.Tensor:
-    """`[n]` lengths -> `[total]` index of the sequence each packed row belongs to."""
-    return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+def row_to_sequence(lengths: torch.Tensor, total: int | None = None) -> torch.Tensor:
+    """`[n]` lengths -> `[total]` index of the sequence each packed row belongs to (pass `total` to avoid a
+    host read on a GPU)."""
+    return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths, output_size=total)
 
 
-def keep_rows(keep: torch.Tensor, row_seq: torch.Tensor, num_seqs: int):
-    """Selects the rows where `keep` is True, and the new per-sequence lengths.
+@dataclass
+class Packed:
+    """Where the rows of a packed batch come from. Tensors are on the batch's device.
 
-    Args:
-        keep: `[total]` bool.
-        row_seq: `[total]` sequence index of each row (see `row_to_sequence`).
-        num_seqs: number of sequences (a sequence may end up with length 0).
-
-    Returns:
-        rows `[kept]` (indices into the old rows, in order) and lengths `[num_seqs]` int32.
+    index: `[total]` each row's flat position `b * seq + s` in the padded layout.
+    cu_seqlens: `[n + 1]` int32 offsets of the n packed sequences.
+    row_seq: `[total]` packed sequence (0..n-1) of each row.
+    sequence: `[n]` batch index of each packed sequence.
+    lengths: the n sequence lengths on the host (a list of int).
     """
-    rows = keep.nonzero().squeeze(1)
-    lengths = torch.bincount(row_seq[rows], minlength=num_seqs).to(torch.int32)
-    return rows, lengths
+
+    index: torch.Tensor
+    cu_seqlens: torch.Tensor
+    row_seq: torch.Tensor
+    sequence: torch.Tensor
+    lengths: list
+
+
+def pack(real: torch.Tensor) -> Packed:
+    """The packed layout of a padded batch's real tokens `[batch, seq]` bool, with one host read (the lengths).
+
+    Raises ValueError when a row has no real token.
+    """
+    lens = real.sum(1)
+    lengths = lens.tolist()  # the one host read
+    if min(lengths) == 0:
+        raise ValueError("every sequence needs at least one real token (a row of attention_mask is all zeros)")
+    total = sum(lengths)
+    return Packed(
+        index=torch.nonzero_static(real.flatten(), size=total).squeeze(1),
+        cu_seqlens=lengths_to_cu(lens),
+        row_seq=row_to_sequence(lens, total),
+        sequence=torch.arange(len(lengths), device=real.device),
+        lengths=lengths,
+    )
+
+
+def compact(packed: Packed, keep: torch.Tensor | None = None, keep_sequence: torch.Tensor | None = None):
+    """The rows that stay: where `keep` `[total]` is True, in sequences where `keep_sequence` `[n]` is True.
+
+    One host read (the new lengths, and which sequences stay). Returns `(rows, Packed)` with rows `[kept]`
+    the indices of the rows that stay, in order, or None when every row stays (nothing to copy). A sequence
+    never loses all its rows through `keep` (the engine always keeps CLS); it leaves through `keep_sequence`.
+    """
+    n = len(packed.lengths)
+    if keep_sequence is not None:
+        row_keep = keep_sequence[packed.row_seq]
+        keep = row_keep if keep is None else keep & row_keep
+    seen = F.pad(keep.cumsum(0), (1, 0))
+    cu = packed.cu_seqlens.long()
+    lens = seen[cu[1:]] - seen[cu[:-1]]  # [n] rows each sequence keeps
+    host = (lens if keep_sequence is None else torch.cat([lens, keep_sequence.long()])).tolist()  # the one read
+    lengths, staying = host[:n], (host[n:] or [1] * n)
+    total = sum(lengths)
+    if total == len(packed.index) and all(staying):
+        return None
+    rows = torch.nonzero_static(keep, size=total).squeeze(1)
+    sequence = packed.sequence
+    if not all(staying):
+        slots = torch.nonzero_static(keep_sequence, size=sum(staying)).squeeze(1)
+        lens, sequence = lens[slots], sequence[slots]
+        lengths = [length for length, stays in zip(lengths, staying) if stays]
+    return rows, Packed(
+        index=packed.index[rows],
+        cu_seqlens=lengths_to_cu(lens),
+        row_seq=row_to_sequence(lens, total),
+        sequence=sequence,
+        lengths=lengths,
+    )
 
 
 def first_rows(cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -134,6 +196,8 @@ def varlen_attention(q, k, v, cu_seqlens, lengths, dropout_p: float = 0.0):
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and dropout_p == 0.0 and _HAS_VARLEN:
         max_len = max(lengths)
         return _varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len)
+    if q.is_cuda and dropout_p == 0.0:  # no loop of kernel launches on a GPU: one padded batched call
+        return padded_attention(q, k, v, cu_seqlens, lengths)
     if min(lengths) == max(lengths):  # no ragged edges: one batched call
         n, heads = len(lengths), q.shape[1]
         q, k, v = (x.view(n, lengths[0], heads, -1).transpose(1, 2) for x in (q, k, v))
@@ -155,21 +219,31 @@ def varlen_attention(q, k, v, cu_seqlens, lengths, dropout_p: float = 0.0):
 SHORT_SEQUENCE = 12
 
 
-def padded_attention(q, k, v, cu_seqlens, lengths):
-    """Attention of short ragged sequences as one padded batch: `[total, heads, head_dim]` in and out.
+def padded_attention(q, k, v, cu_seqlens, lengths, need_received: bool = False):
+    """Attention of ragged sequences as one padded batch: `[total, heads, head_dim]` in and out.
 
-    Sequences are padded to the longest (padded keys masked out, padded queries dropped from the output).
+    Sequences are padded to the longest (padded keys masked out, padded queries dropped from the output);
+    no value is read back to the host. With `need_received`, also the attention each token receives
+    `[total]` float32, as `varlen_attention_with_received` computes it.
     """
-    n, longest = len(lengths), max(lengths)
-    lens = torch.as_tensor(lengths, device=q.device)
+    longest, total = max(lengths), q.shape[0]
+    cu = cu_seqlens.long()
+    lens = cu[1:] - cu[:-1]
     pos = torch.arange(longest, device=q.device)
     real = pos < lens[:, None]  # [n, longest]
-    rows = (cu_seqlens[:-1, None].long() + pos).clamp(max=q.shape[0] - 1)  # padded slots read any real row
+    rows = (cu[:-1, None] + pos).clamp(max=total - 1)  # padded slots read any real row
     qp, kp, vp = (x[rows].transpose(1, 2) for x in (q, k, v))  # [n, heads, longest, head_dim]
-    scores = torch.matmul(qp, kp.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    scores = scores.masked_fill(~real[:, None, None, :], float("-inf"))
-    out = torch.matmul(scores.softmax(-1), vp)
-    return out.transpose(1, 2)[real]
+    scores = torch.matmul(qp, kp.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    probs = scores.masked_fill(~real[:, None, None, :], float("-inf")).softmax(-1)
+    out = torch.matmul(probs.to(vp.dtype), vp).transpose(1, 2).flatten(0, 1)  # [n * longest, heads, head_dim]
+    row_seq = row_to_sequence(lens, total)
+    slot = row_seq * longest + torch.arange(total, device=q.device) - cu[row_seq]  # each row's padded slot
+    ctx = out.index_select(0, slot)
+    if not need_received:
+        return ctx
+    queries = real[:, None, :, None].to(probs.dtype)  # padded query rows do not count
+    received = (probs * queries).sum((1, 2)) / (lens[:, None] * probs.shape[1])  # [n, longest]
+    return ctx, received.flatten().index_select(0, slot)
 
 
 def _bhsd(x):
@@ -177,7 +251,7 @@ def _bhsd(x):
     return x.unsqueeze(0).transpose(1, 2)
 
 
-def varlen_attention_with_received(q, k, v, lengths):
+def varlen_attention_with_received(q, k, v, cu_seqlens, lengths):
     """Like `varlen_attention`, and also the attention each token receives.
 
     The received score of token j is `mean_h mean_i A[h, i, j]`: attention probability averaged over
@@ -186,6 +260,8 @@ def varlen_attention_with_received(q, k, v, lengths):
     Returns:
         context `[total, heads, head_dim]`, received `[total]` float32.
     """
+    if q.is_cuda:  # one batched call, no loop over sequences
+        return padded_attention(q, k, v, cu_seqlens, lengths, need_received=True)
     ctx, received = [], []
     for probs, c in _sequence_attention(q, k, v, lengths):
         ctx.append(c)
@@ -235,11 +311,12 @@ def diagonal_blocks(probs: torch.Tensor, size: int) -> torch.Tensor:
     return grid.diagonal(dim1=-4, dim2=-2).movedim(-1, -4)  # [..., nb, h, s, s]
 
 
-def block_layout(lengths: torch.Tensor, size: int):
+def block_layout(lengths: torch.Tensor, size: int, host_lengths: list | None = None):
     """Blocks of `size` rows tiling each sequence of a packed batch from its first row.
 
     Args:
-        lengths: `[n]` sequence lengths (int tensor).
+        lengths: `[n]` sequence lengths (int tensor); host_lengths: the same as a list, if the caller has it
+            (then no value is read back from the device).
 
     Returns:
         row_block `[total]` (block of each row), block_row `[blocks]` (first row of each block),
@@ -247,13 +324,15 @@ def block_layout(lengths: torch.Tensor, size: int):
     """
     lengths = lengths.long()
     per_seq = (lengths + size - 1) // size
-    block_sequence = row_to_sequence(per_seq)
+    total = sum(host_lengths) if host_lengths is not None else None
+    num_blocks = sum(-(-n // size) for n in host_lengths) if host_lengths is not None else None
+    block_sequence = row_to_sequence(per_seq, num_blocks)
     first_block = per_seq.cumsum(0) - per_seq
     first_row = lengths.cumsum(0) - lengths
     local = torch.arange(len(block_sequence), device=lengths.device) - first_block[block_sequence]
     block_row = first_row[block_sequence] + local * size
     block_length = (lengths[block_sequence] - local * size).clamp(max=size)
-    row_sequence = row_to_sequence(lengths)
+    row_sequence = row_to_sequence(lengths, total)
     row_local = torch.arange(len(row_sequence), device=lengths.device) - first_row[row_sequence]
     row_block = first_block[row_sequence] + torch.div(row_local, size, rounding_mode="floor")
     return row_block, block_row, block_length, block_sequence
@@ -285,7 +364,7 @@ def varlen_attention_with_blocks(q, k, v, lengths, size, rank, sequence_ids):
         ctx.append(c)
         blocks.append(diagonal_blocks(probs, size))
     row_block, block_row, block_length, block_sequence = block_layout(
-        torch.as_tensor(lengths, device=q.device), size
+        torch.as_tensor(lengths, device=q.device), size, lengths
     )
     return torch.cat(ctx, dim=1).transpose(0, 1), AttentionBlocks(
         probs=torch.cat(blocks),

@@ -162,11 +162,11 @@ def test_patience_rule_and_state_follows_running_rows():
     a, b = torch.tensor([5.0, 0.0]), torch.tensor([0.0, 5.0])
     heads = [Fixed(torch.stack([a, a, b])), Fixed(torch.stack([b, b, b])), Fixed(torch.stack([b, b]))]
     decide = ExitDecision(heads, config)
-    stop, _ = decide(0, torch.zeros(3, 4))
+    stop, _ = decide(0, torch.zeros(3, 4), torch.arange(3))
     assert stop.tolist() == [False, False, False]
-    stop, _ = decide(1, torch.zeros(3, 4))  # row 2 keeps its prediction (b, b): it exits
+    stop, _ = decide(1, torch.zeros(3, 4), torch.arange(3))  # row 2 keeps its prediction (b, b): it exits
     assert stop.tolist() == [False, False, True]
-    stop, _ = decide(2, torch.zeros(2, 4))  # rows 0 and 1 remain, in order: a -> b -> b
+    stop, _ = decide(2, torch.zeros(2, 4), torch.tensor([0, 1]))  # rows 0 and 1 remain, in order: a -> b -> b
     assert stop.tolist() == [True, True]
 
 

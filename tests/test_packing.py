@@ -87,3 +87,17 @@ def test_floor_mask_matches_keep_decision_on_the_alive_tokens():
                            lengths_to_cu(torch.tensor(alive_lengths)), min_kept)
     assert floor[alive].tolist() == packed.tolist()
     assert not bool(floor[~alive].any())
+
+
+def test_padded_attention_received_matches_the_per_sequence_path():
+    """The batched path GPUs take for LTP's received attention equals the CPU per-sequence loop."""
+    from tokenskim.modeling.packing import varlen_attention_with_received
+
+    lengths = [5, 1, 9, 3]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(sum(lengths), 2, 8, generator=g) for _ in range(3))
+    cu = lengths_to_cu(torch.tensor(lengths))
+    ctx, received = padded_attention(q, k, v, cu, lengths, need_received=True)
+    want_ctx, want_received = varlen_attention_with_received(q, k, v, cu, lengths)
+    torch.testing.assert_close(ctx, want_ctx, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(received, want_received, atol=1e-6, rtol=1e-5)

@@ -44,7 +44,10 @@ def add_arguments(parser):
     parser.add_argument("--train-samples", type=int, default=None, help="use this many rows of the bundled sample (default: all)")
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs of the dense fine-tune (default 1)")
     parser.add_argument("--skim-epochs", type=float, default=2.0, help="epochs of the Transkimmer fine-tune (default 2)")
-    parser.add_argument("--skim-coefficient", type=float, default=0.5, help="Transkimmer's skim loss weight (default 0.5)")
+    parser.add_argument("--target-keep-ratio", type=float, default=0.4,
+                        help="the kept-token budget Transkimmer trains to (default 0.4, about 2.3x fewer FLOPs)")
+    parser.add_argument("--skim-coefficient", type=float, default=1.0, help="weight of the budget loss (default 1.0)")
+    parser.add_argument("--skim-warmup-steps", type=int, default=20, help="steps over which the budget loss ramps up")
     parser.add_argument("--learning-rate", type=float, default=5e-5, help="learning rate of both fine-tunes")
     parser.add_argument("--selector-learning-rate", type=float, default=1e-3,
                         help="learning rate of Transkimmer's predictors (default 1e-3: they start from scratch)")
@@ -131,12 +134,15 @@ def run(args):
     print("\n[2/3] fine-tuning Transkimmer from the dense model")
     skim_trainer, skim_results = fine_tune(
         "transkimmer", str(out / "dense"), raw, spec, demo_training_args(out / "transkimmer", args, args.skim_epochs),
-        hyperparameters={"skim_coefficient": args.skim_coefficient}, max_length=args.max_length,
-        selector_learning_rate=args.selector_learning_rate,
+        hyperparameters={"skim_coefficient": args.skim_coefficient, "target_keep_ratio": args.target_keep_ratio,
+                         "gumbel_noise": False},
+        max_length=args.max_length, selector_learning_rate=args.selector_learning_rate,
+        skim_warmup_steps=args.skim_warmup_steps,
     )
     save_hub_folder(skim_trainer, skim_results, spec, method="transkimmer", base_model=base, command=command,
                     max_length=args.max_length, train_rows=raw["train"].num_rows,
-                    extra_training={"skim_coefficient": args.skim_coefficient, "initialised from": "the dense fine-tune",
+                    extra_training={"skim_coefficient": args.skim_coefficient, "target_keep_ratio": args.target_keep_ratio,
+                                    "skim warm-up steps": args.skim_warmup_steps, "initialised from": "the dense fine-tune",
                                     "selector learning rate": args.selector_learning_rate})
 
     print("\n[3/3] timing both models on the dev set (same batches, interleaved)")
