@@ -184,8 +184,9 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tiny_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "speedup" in printed and "transkimmer" in printed
     report = json.loads((out / "demo_results.json").read_text())
-    dense, skim = report["rows"]
+    dense, dense_sorted, skim = report["rows"]
     assert dense["model"] == "dense" and dense["flops_ratio"] == 1.0 and dense["speedup"] == 1.0
+    assert dense_sorted["model"] == "dense_sorted" and dense_sorted["speedup_vs_sorted"] == 1.0
     assert skim["seconds"] > 0 and 0 < skim["kept_token_ratio"] <= 1 and report["engine_off_seconds"] > 0
     assert "from never computing padding" in printed
     assert report["dev_rows"] == 872
@@ -198,8 +199,9 @@ def test_demo_with_the_packaged_minilm(tmp_path):
     """The README's command with its defaults (the real MiniLM): minutes on 2 CPU cores."""
     assert cli.main(["demo", "--output-dir", str(tmp_path / "demo")]) == 0
     report = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
-    dense, skim = report["rows"]
-    assert dense["accuracy"] > 0.8 and skim["flops_ratio"] > 1.0
+    dense, _, skim = report["rows"]
+    # the demo's promise: the skimming model within 1.5 points of dense at 2x fewer FLOPs or better
+    assert dense["accuracy"] > 0.8 and skim["accuracy"] >= dense["accuracy"] - 0.015 and skim["flops_ratio"] >= 2.0
     assert report["wall_clock_minutes"] < 15
 
 
