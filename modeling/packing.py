@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 
 
 def unpad(hidden: torch.Tensor, real: torch.Tensor):
@@ -106,6 +107,11 @@ def padded_attention(q, k, v, cu_seqlens, lengths):
     """Attention of short ragged sequences as one padded batch: `[total, heads, head_dim]` in and out.
 
     Sequences are padded to the longest (padded keys masked out, padded queries dropped from the output).
+    float32 runs plain matmuls and softmax (the fastest here). Half precision runs SDPA with a key mask instead:
+    the matmul path rounds scores and probabilities to 16 bits, so a sequence's result would depend on whether it
+    ran here or in a per-sequence SDPA call, i.e. on the rest of the batch (bf16 logits moved by up to 2.7e-2).
+    SDPA is the per-sequence path's kernel, and its masked keys add exact zeros: batch and alone agree exactly
+    (tests/test_transformers_compat.py), and it still beats one call per sequence below `SHORT_SEQUENCE`.
     """
     n, longest = len(lengths), max(lengths)
     lens = torch.as_tensor(lengths, device=q.device)
@@ -113,9 +119,12 @@ def padded_attention(q, k, v, cu_seqlens, lengths):
     real = pos < lens[:, None]  # [n, longest]
     rows = (cu_seqlens[:-1, None].long() + pos).clamp(max=q.shape[0] - 1)  # padded slots read any real row
     qp, kp, vp = (x[rows].transpose(1, 2) for x in (q, k, v))  # [n, heads, longest, head_dim]
-    scores = torch.matmul(qp, kp.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    scores = scores.masked_fill(~real[:, None, None, :], float("-inf"))
-    out = torch.matmul(scores.softmax(-1), vp)
+    if q.dtype != torch.float32:
+        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=real[:, None, None, :])
+    else:
+        scores = torch.matmul(qp, kp.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        scores = scores.masked_fill(~real[:, None, None, :], float("-inf"))
+        out = torch.matmul(scores.softmax(-1), vp)
     return out.transpose(1, 2)[real]
 
 
@@ -163,6 +172,10 @@ class AttentionBlocks:
     sequence: torch.Tensor
     start: torch.Tensor
     length: torch.Tensor
+
+
+# a pytree node, so (reentrant) activation checkpointing sees its tensors
+pytree.register_dataclass(AttentionBlocks)
 
 
 def diagonal_blocks(probs: torch.Tensor, size: int) -> torch.Tensor:
