@@ -3,6 +3,9 @@ one switch for every decision, `return_dict=False`, clear errors on bad inputs, 
 `torch.export` of the pruning-off path, gradient checkpointing."""
 
 import inspect
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -328,3 +331,33 @@ def test_bf16_batch_equals_each_example_alone(name, settings, monkeypatch):
             assert torch.equal(alone.kept_tokens[0], out.kept_tokens[i])
             torch.testing.assert_close(got, want, atol=0, rtol=0)
     assert padded_calls or "STTABT" in name or "LTP" in name, "the batch should take the short padded attention path"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 9. the tokenizer of a saved folder
+
+
+def test_tokenizer_of_a_saved_folder_loads_without_running_custom_code(tmp_path):
+    """`AutoTokenizer` reads the folder's model config first (`AutoConfig.from_pretrained`), and the config's
+    `auto_map` needs custom code unless tokenskim registered its types in this process. So without tokenskim
+    imported a plain `AutoTokenizer.from_pretrained(folder)` asks "run the custom code? [y/N]" (transformers'
+    behaviour for every custom-code checkpoint; the AutoConfig entry cannot go, AutoModel needs it).
+    `trust_remote_code=False` loads the plain BERT tokenizer and runs no code; with tokenskim imported nothing
+    needs saying. Both checked in fresh processes with stdin closed, so a prompt would fail them."""
+    from transformers import BertTokenizer
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(115)]))
+    folder = tmp_path / "model"
+    deciding_model("transkimmer", "bert").save_pretrained(folder)
+    BertTokenizer(str(vocab)).save_pretrained(folder)
+    load = f"from transformers import AutoTokenizer\nt = AutoTokenizer.from_pretrained({str(folder)!r}{{}})\n" \
+           "print(type(t).__name__, t('w1 w2')['input_ids'])"
+    without_tokenskim = "import sys\nsys.modules['tokenskim'] = None\n" + load.format(", trust_remote_code=False")
+    with_tokenskim = "import tokenskim.modeling\n" + load.format("")
+    for code in (without_tokenskim, with_tokenskim):
+        proc = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "[y/N]" not in proc.stdout + proc.stderr
+        assert proc.stdout.split()[0] == "BertTokenizer" and "[2, 6, 7, 3]" in proc.stdout
