@@ -250,6 +250,22 @@ def test_export_with_decisions_off(family, backbone):
         torch.export.export(model, args=(), kwargs=example)
 
 
+@pytest.mark.parametrize("name", ["TranskimmerBertForSequenceClassification", "BlockSkimRobertaForQuestionAnswering"])
+def test_jit_trace_with_decisions_off_runs_new_inputs(name):
+    cls, backbone = getattr(tsm, name), backbone_of(name)
+    blocks = {"block_size": 4} if "BlockSkim" in name else {}
+    model = cls(cls.config_class(**tiny_config(backbone, num_labels=2).to_dict(), skim_enabled=False, **blocks)).eval()
+    field = "start_logits" if "QuestionAnswering" in name else "logits"
+    example = mixed_batch([7, 3, 5], pad_id=PAD[backbone])
+    with torch.no_grad(), pytest.warns(torch.jit.TracerWarning):  # the shape checks are constants of the trace
+        traced = torch.jit.trace(model, example_kwarg_inputs=example, strict=False)
+        other = mixed_batch([2, 7, 4], pad_id=PAD[backbone], seed=1)
+        torch.testing.assert_close(traced(**other)[field], getattr(model(**other), field), atol=1e-5, rtol=0)
+    model.config.skim_enabled = True
+    with pytest.raises(NotImplementedError, match="skim_enabled = False"):
+        torch.jit.trace(model, example_kwarg_inputs=example, strict=False)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 7. gradient checkpointing
 
