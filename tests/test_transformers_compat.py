@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import MIXED_LENGTHS, PAD, load_as, mixed_batch, row, tiny_config
+from conftest import MIXED_LENGTHS, PAD, VOCAB, load_as, mixed_batch, row, tiny_config
 from test_sttabt import skimming_model as sttabt_skimming_model
 from transformers import (
     BertForQuestionAnswering,
@@ -377,3 +377,49 @@ def test_tokenizer_of_a_saved_folder_loads_without_running_custom_code(tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "[y/N]" not in proc.stdout + proc.stderr
         assert proc.stdout.split()[0] == "BertTokenizer" and "[2, 6, 7, 3]" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# common behaviour of every class, decisions off and on (a few of transformers' ModelTesterMixin checks)
+
+DECIDING_SETTINGS = {
+    "Transkimmer": {"skim_bias_init": 0.0},
+    "LTP": {"final_threshold": 0.1},
+    "EarlyExit": {"exit_threshold": 0.8},
+    "MagicPyramid": {"final_threshold": 0.1, "exit_threshold": 0.8},
+    "STTABT": {"keep_logit_init": 0.0},
+    "BlockSkim": {"block_size": 4, "skim_threshold": 0.6},
+}
+
+
+@pytest.mark.parametrize("decisions", ["off", "on"])
+@pytest.mark.parametrize("name", ALL_CLASSES)
+def test_common_behaviour(name, decisions, tmp_path):
+    """No mask = a mask of ones; inputs_embeds = input_ids; save/load (also in bf16); resize_token_embeddings;
+    a training step; the config round trip."""
+    cls, backbone = getattr(tsm, name), backbone_of(name)
+    family = next(k for k in DECIDING_SETTINGS if name.startswith(k))
+    settings = DECIDING_SETTINGS[family] if decisions == "on" else {"skim_enabled": False}
+    if family == "BlockSkim":
+        settings = {"block_size": 4, **settings}
+    config = cls.config_class(**tiny_config(backbone, num_labels=2, initializer_range=0.3).to_dict(), **settings)
+    model = cls(config).eval()
+    ids = mixed_batch([6, 6, 6], pad_id=PAD[backbone])["input_ids"]
+    with torch.no_grad():
+        out = model(input_ids=ids)
+        field = next(k for k in out.stock_fields if k != "loss")
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=torch.ones_like(ids))[field], out[field])
+        torch.testing.assert_close(model(inputs_embeds=model.get_input_embeddings()(ids))[field], out[field])
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(cls.from_pretrained(tmp_path).eval()(input_ids=ids)[field], out[field])
+        half = cls.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+        assert half.dtype == torch.bfloat16 and half(input_ids=ids)[field].dtype == torch.bfloat16
+    model.resize_token_embeddings(VOCAB + 10)
+    assert model.config.vocab_size == VOCAB + 10 and model.get_input_embeddings().num_embeddings == VOCAB + 10
+    model.train()
+    batch = mixed_batch([6, 3, 5], pad_id=PAD[backbone])
+    out = model(**batch, **labels_for(name, batch))
+    (out.loss if "loss" in out else out.last_hidden_state.sum()).backward()
+    assert any(p.grad is not None for p in model.parameters())
+    assert type(config).from_dict(config.to_dict()).to_dict() == config.to_dict()
