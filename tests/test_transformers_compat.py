@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 from conftest import MIXED_LENGTHS, PAD, VOCAB, load_as, mixed_batch, row, tiny_config
+from test_block_skim import qa_batch
+from test_block_skim import skimming_model as block_skim_model
 from test_sttabt import skimming_model as sttabt_skimming_model
 from transformers import (
     BertForQuestionAnswering,
@@ -114,17 +116,24 @@ def test_left_padding_with_decisions_off_matches_stock_on_each_example(family, b
 
 
 @pytest.mark.parametrize("name", ["TranskimmerBertForQuestionAnswering", "TranskimmerRobertaForTokenClassification",
-                                  "LTPBertForTokenClassification"])
+                                  "LTPBertForTokenClassification", "BlockSkimRobertaForQuestionAnswering"])
 def test_left_padding_token_level_heads(name):
     cls, backbone = getattr(tsm, name), backbone_of(name)
-    config = tiny_config(backbone, num_labels=2).to_dict()
-    model = cls(cls.config_class(**config, skim_bias_init=0.0, final_threshold=0.1)).eval()
-    right = mixed_batch(LENGTHS, pad_id=PAD[backbone])
+    if "BlockSkim" in name:  # test_block_skim's model and QA batches (question segment marked)
+        model, right = block_skim_model(backbone), qa_batch([9, 13, 14, 6, 5, 11], backbone)
+    else:
+        config = tiny_config(backbone, num_labels=2, initializer_range=0.3).to_dict()
+        model = cls(cls.config_class(**config, **DECIDING_SETTINGS[name.split(BACKBONES[backbone])[0]])).eval()
+        right = mixed_batch(LENGTHS, pad_id=PAD[backbone])
     left = left_padded(right)
+    lengths = right["attention_mask"].sum(1)
     field = "start_logits" if "QuestionAnswering" in name else "logits"
     with torch.no_grad():
-        got, want = getattr(model(**left), field), getattr(model(**right), field)
-    torch.testing.assert_close(got[left["attention_mask"].bool()], want[right["attention_mask"].bool()], atol=1e-5, rtol=0)
+        got, want = model(**left), model(**right)
+        assert (want.ffn_tokens[:, -1] < lengths).any(), "the random model should drop tokens"
+        assert torch.equal(got.ffn_tokens, want.ffn_tokens)
+    real_left, real_right = left["attention_mask"].bool(), right["attention_mask"].bool()
+    torch.testing.assert_close(getattr(got, field)[real_left], getattr(want, field)[real_right], atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------------------
