@@ -17,17 +17,17 @@ import tokenskim.modeling as tsm
 
 pytest.importorskip("parameterized", reason="transformers' common tests need `parameterized` (pip install '.[test]')")
 
-from hf_modeling_common import ModelTesterMixin, ids_tensor  # noqa: E402
+from hf_modeling_common import ModelTesterMixin  # noqa: E402
 
 FAMILIES = {  # family -> (class name prefix, heads, settings that make a tiny random model decide)
     "Transkimmer": (("Model", "ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification"),
                     {"skim_bias_init": 0.0}),
     "LTP": (("Model", "ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification"),
-            {"final_threshold": 0.1}),
+            {"final_threshold": 0.3}),
     "EarlyExit": (("Model", "ForSequenceClassification"), {"exit_threshold": 0.8}),
-    "MagicPyramid": (("Model", "ForSequenceClassification"), {"final_threshold": 0.1, "exit_threshold": 0.8}),
-    "STTABT": (("Model", "ForSequenceClassification"), {"keep_logit_init": 0.0}),
-    "BlockSkim": (("Model", "ForQuestionAnswering"), {"skim_threshold": 0.6}),
+    "MagicPyramid": (("Model", "ForSequenceClassification"), {"final_threshold": 0.3, "exit_threshold": 0.8}),
+    "STTABT": (("Model", "ForSequenceClassification"), {"keep_logit_init": -2.0}),
+    "BlockSkim": (("Model", "ForQuestionAnswering"), {"skim_threshold": 0.99}),  # skips every unprotected block
 }
 BACKBONES = {"Bert": "bert", "Roberta": "roberta"}
 
@@ -63,11 +63,19 @@ class Tester:
         return self.config_class(**base.to_dict(), **self.settings)
 
     def prepare_config_and_inputs_for_common(self):
-        ids = ids_tensor([self.batch_size, self.seq_length], self.vocab_size - 5) + 5
+        """input_ids / attention_mask `[3, 7]`, row 1 right-padded after 5 tokens. The first 3 tokens are a question
+        segment (BERT: token_type_ids; RoBERTa: `</s></s>` at 1-2), which Block-Skim never skips."""
+        generator = torch.Generator().manual_seed(0)  # the same batch in every test, so "on" decides the same way
+        ids = torch.randint(5, self.vocab_size, (self.batch_size, self.seq_length), generator=generator)
         mask = torch.ones_like(ids)
         mask[1, 5:] = 0
         ids[1, 5:] = PAD[self.backbone]
-        return self.get_config(), {"input_ids": ids, "attention_mask": mask}
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        if self.backbone == "roberta":
+            ids[:, 1:3] = 2  # eos_token_id of the tiny RoBERTa config
+        else:
+            inputs["token_type_ids"] = (torch.arange(self.seq_length) >= 3).long().expand_as(ids) * mask
+        return self.get_config(), inputs
 
 
 class TokenskimModelTest(ModelTesterMixin):
@@ -85,6 +93,16 @@ class TokenskimModelTest(ModelTesterMixin):
             settings["block_size"] = 4
         config_class = self.all_model_classes[0].config_class
         self.model_tester = Tester(self, config_class, BACKBONES[self.backbone], settings)
+
+    def test_tokenskim_decisions_follow_the_mode(self):
+        """Mode "on" drops tokens or exits sequences on the tester's batch; mode "off" keeps everything."""
+        torch.manual_seed(0)
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        model = self.all_model_classes[1](config).eval()  # the first head
+        with torch.no_grad():
+            out = model(**inputs)
+        dropped = out.ffn_tokens[:, -1] < inputs["attention_mask"].sum(1)
+        self.assertEqual(bool(dropped.any()), self.mode == "on")
 
     def test_training(self):
         # transformers leaves its base models (no loss) out by name, through MODEL_MAPPING_NAMES; so do we
