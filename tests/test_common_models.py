@@ -3,7 +3,7 @@ class, in two modes: decisions off (`skim_enabled=False`) and on (settings under
 drop tokens and exit sequences).
 
 The sdist of transformers has no BERT/RoBERTa model testers (tests/models is not shipped), so `Tester` below is
-tokenskim's: tiny configs, a batch with right padding. Tests that cannot apply are skipped with their reason
+tokenskim's: tiny configs, one fixed batch with right padding and a question segment. Tests that cannot apply are skipped with their reason
 (`SKIPPED`); everything else runs as transformers runs it for its own models.
 """
 
@@ -19,7 +19,7 @@ pytest.importorskip("parameterized", reason="transformers' common tests need `pa
 
 from hf_modeling_common import ModelTesterMixin  # noqa: E402
 
-FAMILIES = {  # family -> (class name prefix, heads, settings that make a tiny random model decide)
+FAMILIES = {  # class name prefix -> (its heads, settings under which a tiny random model decides)
     "Transkimmer": (("Model", "ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification"),
                     {"skim_bias_init": 0.0}),
     "LTP": (("Model", "ForSequenceClassification", "ForQuestionAnswering", "ForTokenClassification"),
