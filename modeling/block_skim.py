@@ -44,7 +44,15 @@ from torch import nn
 from torch.nn import CrossEntropyLoss
 from transformers import BertConfig, RobertaConfig
 
-from .engine import SkimForQuestionAnswering, SkimModel, SkimQuestionAnsweringOutput, TokenSelector, register_family
+from .engine import (
+    SkimForQuestionAnswering,
+    SkimModel,
+    SkimModelOutput,
+    SkimQuestionAnsweringOutput,
+    TokenSelector,
+    register_family,
+    returns_tuple_unless_return_dict,
+)
 
 SKIP, KEEP = 0, 1
 
@@ -293,25 +301,27 @@ class BlockSkimSelector(TokenSelector):
 class BlockSkimModelMixin:
     """Base-model forward: tells the selector where each row's question ends, then runs the engine."""
 
+    @returns_tuple_unless_return_dict
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, **kwargs):
+                inputs_embeds=None, return_dict=None, **kwargs) -> SkimModelOutput:
         real = self._real_tokens(input_ids, attention_mask, inputs_embeds)
         self.selector.start(question_lengths(input_ids, token_type_ids, real, self.config))
         return super().forward(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs,
         )
 
 
 class BlockSkimQuestionAnsweringMixin:
     """QA head: skipped positions get the lowest logit; the loss adds alpha * the block loss."""
 
+    @returns_tuple_unless_return_dict
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, start_positions=None, end_positions=None, return_dict=True,
+                inputs_embeds=None, start_positions=None, end_positions=None, return_dict=None,
                 **kwargs) -> SkimQuestionAnsweringOutput:
         out = self.skim_model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs,
         )
         selector = self.skim_model.selector
         real = self.skim_model._real_tokens(input_ids, attention_mask, inputs_embeds)

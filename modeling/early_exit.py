@@ -43,6 +43,7 @@ from .engine import (
     TokenSelector,
     is_roberta,
     register_family,
+    returns_tuple_unless_return_dict,
 )
 
 EXIT_CRITERIA = ("entropy", "patience")
@@ -52,12 +53,15 @@ EXIT_CRITERIA = ("entropy", "patience")
 class ExitFields:
     r"""Early-exit configuration fields, shared by every config whose model has exit heads.
 
+    skim_enabled: False turns every decision off, exits included (and token pruning where the family has it):
+        the same switch as every tokenskim config's.
     exit_enabled: False runs every sequence through every layer (the exit heads are not evaluated).
     exit_criterion: "entropy" (normalized entropy <= exit_threshold) or "patience" (PABEE).
     exit_threshold: tau in [0, 1]; larger exits earlier. May be changed at inference.
     exit_patience: layers in a row with the same prediction before a "patience" exit.
     """
 
+    skim_enabled: bool = True
     exit_enabled: bool = True
     exit_criterion: str = "entropy"
     exit_threshold: float | int = 0.1
@@ -225,8 +229,9 @@ class SkimForSequenceClassificationWithExits(SkimForSequenceClassification):
             head.out_proj.load_state_dict(out.state_dict())
         return self
 
+    @returns_tuple_unless_return_dict
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, return_dict=True, **kwargs):
+                inputs_embeds=None, labels=None, return_dict=None, **kwargs) -> SkimSequenceClassifierOutput:
         """Logits `[batch, labels]`: the exit head's for sequences that exited, the final classifier's otherwise.
 
         `exit_layer` `[batch]` in the output: layers each sequence ran (`num_hidden_layers` if it did not exit).
@@ -237,9 +242,9 @@ class SkimForSequenceClassificationWithExits(SkimForSequenceClassification):
         out = self.skim_model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, inputs_embeds=inputs_embeds, exit_fn=exit_fn, return_layer_cls=distill,
-            **kwargs,
+            return_dict=True, **kwargs,
         )
-        logits = self.classify(out.last_hidden_state, out.pooler_output)
+        logits = self.classify(out.cls_hidden_state, out.pooler_output)
         if out.exit_logits is not None:
             exited = (out.exit_layer < self.config.num_hidden_layers).unsqueeze(-1)
             logits = torch.where(exited, out.exit_logits.to(logits.dtype), logits)

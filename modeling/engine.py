@@ -15,9 +15,11 @@ A method family is a selector (`TokenSelector` subclass) plus its loss; see `tra
 """
 
 from dataclasses import dataclass
+from functools import wraps
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import PreTrainedModel, RobertaConfig
@@ -38,6 +40,19 @@ from .packing import (
 )
 
 from transformers import initialization as init  # leaves weights loaded by from_pretrained alone
+
+
+def is_tracing() -> bool:
+    """True inside `torch.export` or `torch.jit.trace`, which record one graph for every input: its shapes must not
+    depend on tensor values. (`torch.compile` is not tracing here: it breaks the graph where the packed path reads
+    values, and runs.)"""
+    exporting = getattr(torch.compiler, "is_exporting", torch.compiler.is_compiling)  # torch < 2.7: no is_exporting
+    return exporting() or torch.jit.is_tracing()
+
+
+def first_real(real: torch.Tensor) -> torch.Tensor:
+    """`[batch, seq]` bool -> `[batch]` position of each row's first real token (its CLS, whatever the padding side)."""
+    return real.to(torch.int8).argmax(1)
 
 
 class TokenSelector(nn.Module):
@@ -94,6 +109,9 @@ class TokenSelector(nn.Module):
         return 0
 
 
+KEEP_ALL = TokenSelector()  # what the engine runs with `skim_enabled=False`: no decision at all
+
+
 @dataclass
 class EncoderResult(ModelOutput):
     """What the encoder loop returns.
@@ -130,7 +148,47 @@ class SkimEncoder(nn.Module):
     def forward(self, hidden, real, selector, exit_fn=None, return_layer_cls=False):
         if self.training:
             return self.forward_masked(hidden, real, selector, return_layer_cls)
+        if is_tracing() and selector is KEEP_ALL and exit_fn is None:
+            return self.forward_dense(hidden, real)
         return self.forward_packed(hidden, real, selector, exit_fn)
+
+    def forward_dense(self, hidden, real):
+        """Inference without decisions on the padded batch, as stock `transformers` runs it (SDPA with a padding
+        mask). Used while tracing: unlike the packed path, its shapes do not depend on the mask's values.
+        hidden `[B, S, H]`, real `[B, S]` bool; padding positions of the output are zeros, as in the packed path.
+        """
+        x = hidden
+        for layer in self.layer:
+            sa = layer.attention.self
+            q, k, v = (_split_heads(proj(x), sa).transpose(1, 2) for proj in (sa.query, sa.key, sa.value))
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=real[:, None, None, :])
+            attn = layer.attention.output(ctx.transpose(1, 2).flatten(2), x)
+            x = layer.output(layer.intermediate(attn), attn)
+        tokens = real.sum(1, keepdim=True).expand(-1, len(self.layer))
+        return EncoderResult(
+            last_hidden_state=x.masked_fill(~real[..., None], 0),
+            kept_tokens=tokens,
+            ffn_tokens=tokens,
+            exit_layer=torch.full_like(tokens[:, 0], len(self.layer)),
+        )
+
+    def run_layer_part(self, layer, part, *args):
+        """`part(*args)`, under activation checkpointing when `model.gradient_checkpointing_enable()` set it on
+        this layer (transformers sets `gradient_checkpointing` and `_gradient_checkpointing_func` on each
+        `BertLayer`, every n-th one with `every_n_layers`). The training loop calls the stock layer's parts itself,
+        so it checkpoints them here; selectors stay outside, so a recompute never repeats a decision."""
+        if not (layer.gradient_checkpointing and self.training and torch.is_grad_enabled()):
+            return part(*args)
+        # reentrant checkpointing (`use_reentrant=True`) passes gradients through tensor outputs only: hand it the
+        # result's tensors (e.g. the fields of `AttentionBlocks`) and rebuild the result around them
+        spec = []
+
+        def tensors_only(*part_args):
+            leaves, tree = pytree.tree_flatten(part(*part_args))
+            spec[:] = [tree]
+            return tuple(leaves)
+
+        return pytree.tree_unflatten(list(layer._gradient_checkpointing_func(tensors_only, *args)), spec[0])
 
     def forward_packed(self, hidden, real, selector, exit_fn=None):
         """Inference: hard decisions, physical removal. hidden `[B, S, H]`, real `[B, S]` bool.
@@ -241,21 +299,19 @@ class SkimEncoder(nn.Module):
             m = gate(m, i, selector.before_layer(i, x, hard=False)) if plan is None else gate_planned(m, plan[i])
             kept.append((m > 0.5).sum(1))
 
-            sa = layer.attention.self
-            q, k, v = (_split_heads(proj(x), sa).transpose(1, 2) for proj in (sa.query, sa.key, sa.value))
-            ctx, received = _masked_attention(q, k, v, real, m, sa.dropout.p if self.training else 0.0,
-                                              need_received=selector.needs_received_attention(i),
-                                              block_size=selector.attention_block_size(i))
-            attn = layer.attention.output(ctx.transpose(1, 2).flatten(2), x)
+            attn, received = self.run_layer_part(
+                layer, _masked_attention_block, x, m, layer, real,
+                selector.needs_received_attention(i), selector.attention_block_size(i),
+            )
 
             m = gate(m, i, selector.after_attention(i, received, hard=False) if received is not None else None)
             ffn.append((m > 0.5).sum(1))
-            y = layer.output(layer.intermediate(attn), attn)
+            y = self.run_layer_part(layer, _feed_forward, attn, layer)
             w = m.unsqueeze(-1)
             x = y if m is realf else w * y + (1 - w) * x  # dropped tokens keep their last state
             masks.append(m)
             if return_layer_cls:
-                layer_cls.append(x[:, 0])
+                layer_cls.append(x[torch.arange(batch, device=x.device), first_real(real)])
 
         return EncoderResult(
             last_hidden_state=x,
@@ -265,6 +321,21 @@ class SkimEncoder(nn.Module):
             masks=masks,
             layer_cls=torch.stack(layer_cls) if return_layer_cls else None,
         )
+
+
+def _masked_attention_block(x, m, layer, real, need_received, block_size):
+    """A stock layer's attention block (self-attention + output projection, residual, LayerNorm) on a padded
+    batch whose keys are weighted by the keep mask m `[B, S]`: x `[B, S, H]` -> (`[B, S, H]`, received or None)."""
+    sa = layer.attention.self
+    q, k, v = (_split_heads(proj(x), sa).transpose(1, 2) for proj in (sa.query, sa.key, sa.value))
+    dropout_p = sa.dropout.p if layer.training else 0.0
+    ctx, received = _masked_attention(q, k, v, real, m, dropout_p, need_received=need_received, block_size=block_size)
+    return layer.attention.output(ctx.transpose(1, 2).flatten(2), x), received
+
+
+def _feed_forward(attn, layer):
+    """A stock layer's feed-forward block (with its residual and LayerNorm): `[..., H]` -> `[..., H]`."""
+    return layer.output(layer.intermediate(attn), attn)
 
 
 def _masked_attention(q, k, v, real, m, dropout_p, need_received=False, block_size=0):
@@ -321,13 +392,38 @@ def budget_loss(masks, real, target: float):
 # Models
 
 
+def returns_tuple_unless_return_dict(forward):
+    """transformers' `return_dict` contract for a model's `forward`.
+
+    `return_dict=False` (the argument, else `config.return_dict`) returns what the stock model returns: the
+    non-None values of the output's `stock_fields`, e.g. `loss, logits = model(..., labels=y, return_dict=False)`.
+    tokenskim's own fields (`kept_tokens`, ...) come with the `ModelOutput` only. The wrapper keeps the real
+    signature visible (`inspect.signature` follows `__wrapped__`), which Trainer reads.
+    """
+
+    @wraps(forward)
+    def wrapper(self, *args, return_dict=None, **kwargs):
+        out = forward(self, *args, **kwargs)
+        if return_dict is None:
+            return_dict = self.config.return_dict
+        if return_dict:
+            return out
+        return tuple(getattr(out, k) for k in out.stock_fields if getattr(out, k) is not None)
+
+    return wrapper
+
+
 @dataclass
 class SkimModelOutput(ModelOutput):
-    """Base model output. `last_hidden_state` is full length `[batch, seq, hidden]`; `kept_tokens`
-    and `ffn_tokens` `[batch, layers]`; `skim_loss` a scalar in training mode (None otherwise)."""
+    """Base model output. `last_hidden_state` is full length `[batch, seq, hidden]`; `cls_hidden_state`
+    `[batch, hidden]` each row's first real token (its CLS, whatever the padding side) in the last layer;
+    `kept_tokens` and `ffn_tokens` `[batch, layers]`; `skim_loss` a scalar in training mode (None otherwise)."""
+
+    stock_fields = ("last_hidden_state", "pooler_output")
 
     last_hidden_state: torch.Tensor = None
     pooler_output: torch.Tensor = None
+    cls_hidden_state: torch.Tensor = None
     skim_loss: torch.Tensor = None
     kept_tokens: torch.Tensor = None
     ffn_tokens: torch.Tensor = None
@@ -340,6 +436,8 @@ class SkimModelOutput(ModelOutput):
 class SkimSequenceClassifierOutput(ModelOutput):
     """`loss` = task loss + the method's weighted auxiliary loss; `logits` `[batch, labels]`."""
 
+    stock_fields = ("loss", "logits")
+
     loss: torch.Tensor = None
     logits: torch.Tensor = None
     skim_loss: torch.Tensor = None
@@ -350,6 +448,8 @@ class SkimSequenceClassifierOutput(ModelOutput):
 
 @dataclass
 class SkimQuestionAnsweringOutput(ModelOutput):
+    stock_fields = ("loss", "start_logits", "end_logits")
+
     loss: torch.Tensor = None
     start_logits: torch.Tensor = None
     end_logits: torch.Tensor = None
@@ -360,6 +460,8 @@ class SkimQuestionAnsweringOutput(ModelOutput):
 
 @dataclass
 class SkimTokenClassifierOutput(ModelOutput):
+    stock_fields = ("loss", "logits")
+
     loss: torch.Tensor = None
     logits: torch.Tensor = None
     skim_loss: torch.Tensor = None
@@ -379,7 +481,7 @@ class SkimPreTrainedModel(PreTrainedModel):
     """
 
     selector_class = TokenSelector
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True  # the training loop checkpoints each layer's parts (SkimEncoder)
     accepts_loss_kwargs = False  # our loss is a mean; Trainer must not rescale it
     _family_auto_map: dict = {}
 
@@ -416,9 +518,10 @@ class SkimPreTrainedModel(PreTrainedModel):
 class SkimModel(SkimPreTrainedModel):
     """Embeddings + the skimming encoder (+ pooler): the base model of every family.
 
-    Input validation happens here: an empty batch, sequences longer than `max_position_embeddings`,
-    rows without any real token, and padding without an attention mask are errors.
-    `attention_mask=None` means every token is real, as in `transformers`.
+    Input validation, shared by every family, happens here (`check_inputs`). `attention_mask=None` means every
+    token is real, as in `transformers`. Padding may sit on either side: positions count from each row's first
+    real token and the pooler reads that token (its CLS), so a left-padded row gives what it gives alone.
+    `config.skim_enabled = False` turns every decision off, token drops and early exits alike.
     """
 
     def __init__(self, config, add_pooling_layer=True):
@@ -435,29 +538,73 @@ class SkimModel(SkimPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
-    def _real_tokens(self, input_ids, attention_mask, inputs_embeds):
-        ref = input_ids if input_ids is not None else inputs_embeds
-        if ref is None:
-            raise ValueError("pass input_ids or inputs_embeds")
+    @property
+    def skim_enabled(self) -> bool:
+        """The one switch of every decision (read live from the config); families without it always decide."""
+        return bool(getattr(self.config, "skim_enabled", True))
+
+    def check_inputs(self, input_ids, attention_mask, inputs_embeds):
+        """Raises a `ValueError` naming the argument for inputs tokenskim cannot run.
+
+        Shape checks always run. The checks that read tensor values (padding without a mask, a row without
+        real tokens) are skipped while tracing (`torch.export`, `torch.jit.trace`): they would make the traced
+        graph depend on the example inputs.
+        """
+        if input_ids is not None and inputs_embeds is not None:
+            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("You have to specify either input_ids or inputs_embeds")
+        name, ref, dims = ("input_ids", input_ids, 2) if input_ids is not None else ("inputs_embeds", inputs_embeds, 3)
+        if ref.dim() != dims:
+            raise ValueError(f"{name} must have {dims} dimensions, got shape {tuple(ref.shape)}")
         batch, seq = ref.shape[:2]
         if batch == 0 or seq == 0:
-            raise ValueError(f"empty batch: input of shape {tuple(ref.shape)}")
+            raise ValueError(f"empty batch: {name} of shape {tuple(ref.shape)}")
         limit = self.config.max_position_embeddings - (self.config.pad_token_id + 1 if is_roberta(self.config) else 0)
         if seq > limit:
             raise ValueError(f"sequence length {seq} exceeds this model's maximum of {limit} positions; truncate the input")
+        if attention_mask is not None:
+            if attention_mask.dim() != 2:
+                raise ValueError(
+                    f"attention_mask of shape {tuple(attention_mask.shape)}: tokenskim models take only 2-D "
+                    "[batch, seq] attention masks (1 for real tokens, 0 for padding), not 3-D or 4-D masks"
+                )
+            if tuple(attention_mask.shape) != (batch, seq):
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)} but {name} has [batch, seq] = "
+                    f"{(batch, seq)}; they must match"
+                )
+        if is_tracing():
+            return
         if attention_mask is None:
             pad_id = self.config.pad_token_id
             if input_ids is not None and pad_id is not None and bool((input_ids[:, 1:] == pad_id).any()):
                 raise ValueError(
                     "input_ids contain padding tokens but no attention_mask was given; pass the tokenizer's attention_mask"
                 )
-            return torch.ones(batch, seq, dtype=torch.bool, device=ref.device)
-        real = attention_mask.bool()
         # inference checks this in `pack`, from the lengths it reads anyway (no extra GPU synchronisation)
-        if self.training and not bool(real.any(1).all()):
+        elif self.training and not bool(attention_mask.bool().any(1).all()):
             raise ValueError("every sequence needs at least one real token (a row of attention_mask is all zeros)")
-        return real
 
+    def _real_tokens(self, input_ids, attention_mask, inputs_embeds):
+        """Checks the inputs; returns `[batch, seq]` bool, True for real tokens."""
+        self.check_inputs(input_ids, attention_mask, inputs_embeds)
+        if attention_mask is None:
+            ref = input_ids if input_ids is not None else inputs_embeds
+            return torch.ones(ref.shape[:2], dtype=torch.bool, device=ref.device)
+        return attention_mask.bool()
+
+    def _position_ids(self, input_ids, first, seq):
+        """Positions counted from each row's first real token `first` `[batch]`, so left padding shifts nothing:
+        `[batch, seq]`. With right padding (`first == 0`) these are the stock positions. RoBERTa computes them
+        from the padding tokens of input_ids itself (None here), as in `transformers`.
+        """
+        if is_roberta(self.config) and input_ids is not None:
+            return None
+        positions = (torch.arange(seq, device=first.device) - first[:, None]).clamp_min(0)
+        return positions + self.config.pad_token_id + 1 if is_roberta(self.config) else positions
+
+    @returns_tuple_unless_return_dict
     def forward(
         self,
         input_ids=None,
@@ -469,22 +616,38 @@ class SkimModel(SkimPreTrainedModel):
         return_layer_cls=False,
         output_attentions=False,
         output_hidden_states=False,
-        return_dict=True,
+        return_dict=None,
         **kwargs,
     ) -> SkimModelOutput:
+        r"""
+        input_ids: `[batch, seq]`, or inputs_embeds `[batch, seq, hidden]` (not both).
+        attention_mask: `[batch, seq]`, 1 for real tokens, 0 for padding (either side); None: all real.
+        exit_fn: the early-exit rule of the heads that have one (see `SkimEncoder.forward_packed`).
+        return_layer_cls: training mode, also return each layer's CLS states (self-distillation).
+        """
         if output_attentions or output_hidden_states:
             raise ValueError("tokenskim models do not return per-layer attentions or hidden states")
         real = self._real_tokens(input_ids, attention_mask, inputs_embeds)
+        first = first_real(real)
+        if position_ids is None and attention_mask is not None:
+            position_ids = self._position_ids(input_ids, first, real.shape[1])
         hidden = self.embeddings(
             input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
         )
-        enc = self.encoder(hidden, real, self.selector, exit_fn=exit_fn, return_layer_cls=return_layer_cls)
-        pooled = self.pooler(enc.last_hidden_state) if self.pooler is not None else None
-        skim_loss = self.selector.loss(enc.masks, real) if enc.masks is not None else None
+        selector = self.selector if self.skim_enabled else KEEP_ALL
+        exit_fn = exit_fn if self.skim_enabled else None
+        if is_tracing() and not self.training and (selector is not KEEP_ALL or exit_fn is not None):
+            raise NotImplementedError(
+                "tracing (torch.export, torch.jit.trace) supports tokenskim's pruning-off path only: "
+                "token drops and exits change shapes with the data. Set config.skim_enabled = False first."
+            )
+        enc = self.encoder(hidden, real, selector, exit_fn=exit_fn, return_layer_cls=return_layer_cls)
+        cls = enc.last_hidden_state[torch.arange(len(first), device=first.device), first]
         return SkimModelOutput(
             last_hidden_state=enc.last_hidden_state,
-            pooler_output=pooled,
-            skim_loss=skim_loss,
+            pooler_output=self.pooler(cls[:, None]) if self.pooler is not None else None,
+            cls_hidden_state=cls,
+            skim_loss=selector.loss(enc.masks, real) if enc.masks is not None else None,
             kept_tokens=enc.kept_tokens,
             ffn_tokens=enc.ffn_tokens,
             exit_layer=enc.exit_layer,
@@ -520,10 +683,11 @@ class SkimForSequenceClassification(SkimPreTrainedModel):
             self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def classify(self, hidden_states, pooled):
-        """Logits `[batch, labels]` from the final states `[batch, seq, hidden]` (or the pooled CLS)."""
+    def classify(self, cls_hidden_state, pooled):
+        """Logits `[batch, labels]` from each row's final CLS state `[batch, hidden]` (RoBERTa's head) or its
+        pooled form `[batch, hidden]` (BERT). The CLS is each row's first real token, whatever the padding side."""
         if is_roberta(self.config):
-            return self.classifier(hidden_states)
+            return self.classifier(cls_hidden_state[:, None])  # the stock head reads position 0 of its input
         return self.classifier(self.dropout(pooled))
 
     def task_loss(self, logits, labels):
@@ -542,13 +706,14 @@ class SkimForSequenceClassification(SkimPreTrainedModel):
             return CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
         return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
 
+    @returns_tuple_unless_return_dict
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, return_dict=True, **kwargs) -> SkimSequenceClassifierOutput:
+                inputs_embeds=None, labels=None, return_dict=None, **kwargs) -> SkimSequenceClassifierOutput:
         out = self.skim_model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs,
         )
-        logits = self.classify(out.last_hidden_state, out.pooler_output)
+        logits = self.classify(out.cls_hidden_state, out.pooler_output)
         return SkimSequenceClassifierOutput(
             loss=self._total_loss(self.task_loss(logits, labels), out.skim_loss),
             logits=logits,
@@ -570,12 +735,13 @@ class SkimForQuestionAnswering(SkimPreTrainedModel):
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)  # num_labels = 2, as in transformers
         self.post_init()
 
+    @returns_tuple_unless_return_dict
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, start_positions=None, end_positions=None, return_dict=True,
+                inputs_embeds=None, start_positions=None, end_positions=None, return_dict=None,
                 **kwargs) -> SkimQuestionAnsweringOutput:
         out = self.skim_model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs,
         )
         start_logits, end_logits = (x.squeeze(-1) for x in self.qa_outputs(out.last_hidden_state).split(1, dim=-1))
         loss = None
@@ -607,11 +773,12 @@ class SkimForTokenClassification(SkimPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @returns_tuple_unless_return_dict
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, return_dict=True, **kwargs) -> SkimTokenClassifierOutput:
+                inputs_embeds=None, labels=None, return_dict=None, **kwargs) -> SkimTokenClassifierOutput:
         out = self.skim_model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs,
         )
         logits = self.classifier(self.dropout(out.last_hidden_state))
         loss = None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 
 
 def unpad(hidden: torch.Tensor, real: torch.Tensor):
@@ -225,6 +226,11 @@ def padded_attention(q, k, v, cu_seqlens, lengths, need_received: bool = False):
     Sequences are padded to the longest (padded keys masked out, padded queries dropped from the output);
     no value is read back to the host. With `need_received`, also the attention each token receives
     `[total]` float32, as `varlen_attention_with_received` computes it.
+    float32 runs plain matmuls and softmax (the fastest here). Half precision runs SDPA with a key mask instead:
+    the matmul path rounds scores and probabilities to 16 bits, so a sequence's result would depend on whether it
+    ran here or in a per-sequence SDPA call, i.e. on the rest of the batch (bf16 logits moved by up to 2.7e-2).
+    SDPA is the per-sequence path's kernel, and its masked keys add exact zeros: batch and alone agree exactly
+    (tests/test_transformers_compat.py), and it still beats one call per sequence below `SHORT_SEQUENCE`.
     """
     longest, total = max(lengths), q.shape[0]
     cu = cu_seqlens.long()
@@ -233,9 +239,14 @@ def padded_attention(q, k, v, cu_seqlens, lengths, need_received: bool = False):
     real = pos < lens[:, None]  # [n, longest]
     rows = (cu[:-1, None] + pos).clamp(max=total - 1)  # padded slots read any real row
     qp, kp, vp = (x[rows].transpose(1, 2) for x in (q, k, v))  # [n, heads, longest, head_dim]
-    scores = torch.matmul(qp, kp.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
-    probs = scores.masked_fill(~real[:, None, None, :], float("-inf")).softmax(-1)
-    out = torch.matmul(probs.to(vp.dtype), vp).transpose(1, 2).flatten(0, 1)  # [n * longest, heads, head_dim]
+    probs = None
+    if q.dtype != torch.float32 and not need_received:
+        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=real[:, None, None, :])
+    else:
+        scores = torch.matmul(qp, kp.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+        probs = scores.masked_fill(~real[:, None, None, :], float("-inf")).softmax(-1)
+        out = torch.matmul(probs.to(vp.dtype), vp)
+    out = out.transpose(1, 2).flatten(0, 1)  # [n * longest, heads, head_dim]
     row_seq = row_to_sequence(lens, total)
     slot = row_seq * longest + torch.arange(total, device=q.device) - cu[row_seq]  # each row's padded slot
     ctx = out.index_select(0, slot)
@@ -292,6 +303,10 @@ class AttentionBlocks:
     sequence: torch.Tensor
     start: torch.Tensor
     length: torch.Tensor
+
+
+# a pytree node, so (reentrant) activation checkpointing sees its tensors
+pytree.register_dataclass(AttentionBlocks)
 
 
 def diagonal_blocks(probs: torch.Tensor, size: int) -> torch.Tensor:

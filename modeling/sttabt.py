@@ -57,7 +57,9 @@ from .engine import (
     SkimModelOutput,
     SkimSequenceClassifierOutput,
     TokenSelector,
+    first_real,
     register_family,
+    returns_tuple_unless_return_dict,
 )
 from .flops import layer_macs
 
@@ -256,11 +258,6 @@ class ApproxNet(nn.Module):
         return self.classifier(torch.tanh(self.pooler(hidden_states[-1][first])))
 
 
-def first_real(real):
-    """`[B, S]` bool -> `[B]` position of each row's first real token (its CLS)."""
-    return real.to(torch.int8).argmax(1)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Attention back-tracking and Concrete masks
 
@@ -446,25 +443,32 @@ class STTABTSelector(TokenSelector):
 
 @dataclass
 class STTABTModelOutput(SkimModelOutput):
-    """`SkimModelOutput` plus, in training: `teacher_hidden_state` `[B, S, d]` (the dense main model's last
-    layer, no gradient) and `approx_logits` `[B, labels]` (ApproxNet's prediction), for the prediction KL."""
+    """`SkimModelOutput` plus, in training: `teacher_cls_state` `[B, d]` (each row's CLS in the dense main model's
+    last layer, no gradient) and `approx_logits` `[B, labels]` (ApproxNet's prediction), for the prediction KL."""
 
-    teacher_hidden_state: torch.Tensor = None
+    teacher_cls_state: torch.Tensor = None
     approx_logits: torch.Tensor = None
 
 
 class STTABTModelMixin:
     """Adds ApproxNet's attention and hidden-state distillation to the base model's training loss."""
 
-    def forward(self, *args, **kwargs) -> STTABTModelOutput:
-        out = STTABTModelOutput(**super().forward(*args, **kwargs))
+    @returns_tuple_unless_return_dict
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, return_dict=None, **kwargs) -> STTABTModelOutput:
+        """As `SkimModel.forward`; in training the output also carries what the prediction KL needs."""
+        out = STTABTModelOutput(**super().forward(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs,
+        ))
         batch = self.selector.pop_training_batch()
         if batch is None or not self.selector.distills:
             return out
         teacher_probs, teacher_states = dense_teacher(self.encoder.layer, batch.hidden.detach(), batch.real)
         distill = self.selector.distillation_loss(batch, teacher_probs, teacher_states)
         out.skim_loss = distill if out.skim_loss is None else out.skim_loss + distill
-        out.teacher_hidden_state = teacher_states[-1]
+        rows = torch.arange(len(batch.real), device=batch.real.device)
+        out.teacher_cls_state = teacher_states[-1][rows, first_real(batch.real)]
         out.approx_logits = self.selector.approx.logits(batch.approx.hidden_states, batch.real)
         return out
 
@@ -472,20 +476,21 @@ class STTABTModelMixin:
 class STTABTForSequenceClassificationMixin:
     """Adds the prediction KL (dense main model -> ApproxNet's head) to the training loss."""
 
+    @returns_tuple_unless_return_dict
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                inputs_embeds=None, labels=None, return_dict=True, **kwargs):
+                inputs_embeds=None, labels=None, return_dict=None, **kwargs) -> SkimSequenceClassifierOutput:
         out = self.skim_model(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs,
         )
-        logits = self.classify(out.last_hidden_state, out.pooler_output)
+        logits = self.classify(out.cls_hidden_state, out.pooler_output)
         skim_loss = out.skim_loss
         weight = float(self.config.prediction_distill_weight)
         if out.approx_logits is not None and weight > 0:
-            teacher = out.teacher_hidden_state
+            teacher = out.teacher_cls_state
             pooler = self.skim_model.pooler
             with torch.no_grad(), eval_mode(self):
-                teacher_logits = self.classify(teacher, pooler(teacher) if pooler is not None else None)
+                teacher_logits = self.classify(teacher, pooler(teacher[:, None]) if pooler is not None else None)
             skim_loss = skim_loss + weight * prediction_kl(teacher_logits, out.approx_logits)
         return SkimSequenceClassifierOutput(
             loss=self._total_loss(self.task_loss(logits, labels), skim_loss),

@@ -92,7 +92,7 @@ def test_rows_processed_equal_counts():
     with torch.no_grad():
         model.config.exit_enabled = False
         pruned = model(**batch)
-        model.config.exit_enabled, model.config.skim_enabled = True, False
+        model.config.exit_enabled, model.config.final_threshold = True, 0.0  # theta 0 prunes nothing
         exited_only = model(**batch)
     assert ratio > flops_ratio(dense, encoder_flops(pruned.kept_tokens, pruned.ffn_tokens, model.config)) > 1
     assert ratio > flops_ratio(dense, encoder_flops(exited_only.kept_tokens, exited_only.ffn_tokens, model.config)) > 1

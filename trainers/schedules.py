@@ -63,7 +63,8 @@ STAGES = {
     "soft-pruning": Stage({"skim_enabled": True, "pruning_stage": "soft", "exit_enabled": False},
                           thresholds_train=True, default_epochs=1),
     "hard-pruning": Stage({"skim_enabled": True, "pruning_stage": "hard", "exit_enabled": False}, default_epochs=2),
-    "exit-heads": Stage({"exit_enabled": True}, exit_heads_only=True, default_epochs=2),
+    # skim_enabled switches exits too, and the finetune stage turned it off
+    "exit-heads": Stage({"skim_enabled": True, "exit_enabled": True}, exit_heads_only=True, default_epochs=2),
 }
 
 SCHEDULES = {
