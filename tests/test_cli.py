@@ -1,13 +1,13 @@
 """`tokenskim train / evaluate / demo` end to end on a tiny random BERT and the bundled SST-2 sample:
 the Hub-ready folder, eval_results.json, the model card, resuming, and clear errors."""
 
-import argparse
 import importlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import HfArgumentParser
 from conftest import run_without_tokenskim
 from test_trainer import BUNDLED, save_tiny_checkpoint
 
@@ -19,12 +19,18 @@ FAST = ["--max-train-samples", "48", "--max-eval-samples", "24", "--per-device-t
         "--per-device-eval-batch-size", "8", "--max-length", "32", "--disable-tqdm", "true", "--use-cpu", "true"]
 
 
-def command(name: str, argv: list):
-    """Runs one subcommand module the way cli.py does (the other subcommands are not needed)."""
+def subcommand_parser(name: str) -> HfArgumentParser:
+    """One subcommand's parser, built the way cli.py builds it (the other subcommands are not needed)."""
     module = importlib.import_module(f"tokenskim.trainers.{name}")
-    parser = argparse.ArgumentParser(prog=f"tokenskim {name}")
+    parser = HfArgumentParser(getattr(module, "DATACLASSES", None), prog=f"tokenskim {name}")
     module.add_arguments(parser)
-    return module.run(parser.parse_args(argv))
+    return parser
+
+
+def command(name: str, argv: list):
+    """Runs one subcommand module the way cli.py does, errors raised rather than reported."""
+    module = importlib.import_module(f"tokenskim.trainers.{name}")
+    return module.run(subcommand_parser(name).parse_args(argv))
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +161,7 @@ def test_evaluate_rejects_a_model_of_another_task(trained, tmp_path):
 
 
 def test_training_arguments_pass_through():
-    parser = argparse.ArgumentParser()
-    importlib.import_module("tokenskim.trainers.train").add_arguments(parser)
+    parser = subcommand_parser("train")
     args = parser.parse_args(["--model", "m", "--output-dir", "o", "--gradient-accumulation-steps", "4",
                               "--lr_scheduler_type", "cosine", "--skim-coefficient", "2"])
     assert args.gradient_accumulation_steps == 4 and args.lr_scheduler_type == "cosine"
@@ -166,8 +171,7 @@ def test_training_arguments_pass_through():
 def test_model_card_command_lists_the_options_that_differ_from_defaults():
     from tokenskim.trainers import modelcard
 
-    parser = argparse.ArgumentParser()
-    importlib.import_module("tokenskim.trainers.train").add_arguments(parser)
+    parser = subcommand_parser("train")
     args = parser.parse_args(["--model", "m", "--output-dir", "o", "--logging-steps", "100", "--text-columns", "a,b",
                               "--learning_rate", "3e-5", "--seed", "42"])
     assert modelcard.command_line("tokenskim train", parser, args) == (

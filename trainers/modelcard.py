@@ -5,6 +5,7 @@
 """
 
 import argparse
+import dataclasses
 import re
 import shlex
 import string
@@ -49,9 +50,12 @@ def command_line(prog: str, parser: argparse.ArgumentParser, args: argparse.Name
     differs from its default.
 
     Rebuilt from the parsed arguments rather than read from sys.argv, so it is also right when the command
-    runs from Python (`cli.main([...])`) and names each option by its dashed spelling."""
+    runs from Python (`cli.main([...])`) and names each option by its dashed spelling. The fields of an
+    HfArgumentParser's dataclasses (TrainingArguments) come after the command's own options."""
     parts, seen = [prog], set()
-    for action in parser._actions:
+    late = {f.name for dc in getattr(parser, "dataclass_types", ()) for f in dataclasses.fields(dc)}
+    actions = sorted(parser._actions, key=lambda a: a.dest in late)  # stable: each kind keeps its order
+    for action in actions:
         if not action.option_strings or action.dest in seen or action.help == argparse.SUPPRESS:
             continue
         value = getattr(args, action.dest, None)

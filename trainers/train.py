@@ -10,14 +10,14 @@ Interrupted runs continue with `--resume-from-checkpoint auto` (or a checkpoint 
 
 import dataclasses
 import logging
-import typing
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
+from transformers import AutoTokenizer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from . import data, metrics, methods, modelcard
+from .errors import UsageError
 from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, write_results
 from .trainer import SkimTrainer
 
@@ -39,21 +39,20 @@ TRAINING_DEFAULTS = {
 DEFAULT_MAX_LENGTH = 128
 
 
+# The command line's parser is a `transformers.HfArgumentParser` of these (cli.py): every TrainingArguments field
+# is a flag (`--learning-rate` or `--learning_rate`), and a YAML/JSON config file can set any of them.
+DATACLASSES = (TrainingArguments,)
+
+
 def add_training_arguments(parser):
-    """Every `TrainingArguments` field as a flag (`--learning-rate` or `--learning_rate`), in a group."""
-    group = parser.add_argument_group("training (any transformers.TrainingArguments field)")
-    hints = typing.get_type_hints(TrainingArguments)
-    for field in dataclasses.fields(TrainingArguments):
-        if field.init:
-            field.type = hints[field.name]
-            HfArgumentParser._parse_dataclass_field(group, field)
+    """Our defaults for the TrainingArguments flags that `HfArgumentParser(DATACLASSES)` added to `parser`."""
     parser.set_defaults(**TRAINING_DEFAULTS)
 
 
 def training_arguments(args) -> TrainingArguments:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init and hasattr(args, f.name)}
     if not values.get("output_dir"):
-        raise ValueError("give --output-dir")
+        raise UsageError("no output folder: give --output-dir DIR (where the model, its card and results are written)")
     return TrainingArguments(**values)
 
 
@@ -99,7 +98,7 @@ def method_hyperparameters(args) -> dict:
     extra = [name for name, value in given.items() if value is not None and name not in method.hyperparameters]
     if extra:
         flags = ", ".join("--" + n.replace("_", "-") for n in extra)
-        raise ValueError(f"{flags} do(es) not apply to --method {args.method}")
+        raise UsageError(f"{flags} do(es) not apply to --method {args.method}: drop it, or pick a method that takes it")
     return {name: given[name] for name in method.hyperparameters}
 
 
