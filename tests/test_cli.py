@@ -205,3 +205,48 @@ def test_demo_with_the_packaged_minilm(tmp_path):
     dense, skim = report["rows"]
     assert dense["accuracy"] > 0.8 and skim["flops_ratio"] > 1.0
     assert report["wall_clock_minutes"] < 15
+
+
+def test_evaluate_never_overwrites_the_training_record(trained, capsys):
+    record = (trained / "eval_results.json").read_text()
+    assert cli.main(["evaluate", "--model", str(trained), *SST2[:2], "--validation-file", SST2[-1],
+                     "--max-eval-samples", "8"]) == 0
+    assert (trained / "eval_results.json").read_text() == record
+    separate = trained / "eval_results_sst2_validation.json"
+    assert json.loads(separate.read_text())["num_examples"] == 8
+    assert f"wrote {separate}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suffix", ["yaml", "json"])
+def test_a_config_file_sets_flags_and_the_command_line_wins(tmp_path, suffix):
+    values = {"method": "dense", "model": "some/model", "task": "sst2", "learning_rate": 3e-5, "output_dir": "out",
+              "num_train_epochs": 2, "bf16": False, "use_cpu": True, "label_names": ["labels", "ids"], "max_length": None}
+    path = tmp_path / f"config.{suffix}"
+    if suffix == "json":
+        path.write_text(json.dumps(values))
+        argv = ["train", "--config", str(path), "--seed", "7", "--learning-rate", "1e-4"]
+    else:
+        import yaml
+
+        path.write_text(yaml.safe_dump(values))
+        argv = ["train", str(path), "--seed", "7", "--learning-rate", "1e-4"]
+    args, _ = cli.parse_args(argv)
+    assert (args.method, args.model, args.task, args.output_dir) == ("dense", "some/model", "sst2", "out")
+    assert args.num_train_epochs == 2.0 and args.use_cpu is True and args.bf16 is False and args.label_names == ["labels", "ids"]
+    assert args.seed == 7 and args.learning_rate == 1e-4  # given on the command line: wins over the file
+    assert args.max_length is None and args.eval_strategy == "epoch"  # untouched: our defaults
+
+
+def test_push_uploads_the_folder_through_hfapi(trained, capsys):
+    from unittest import mock
+
+    with mock.patch("tokenskim.trainers.push.HfApi") as api_class:
+        api_class.return_value.upload_folder.return_value = mock.Mock(commit_url="https://hf.co/me/tk/commit/1")
+        assert cli.main(["push", str(trained), "--repo-id", "me/tk", "--private", "--token", "hf_x"]) == 0
+    api_class.assert_called_once_with(token="hf_x")
+    api = api_class.return_value
+    api.create_repo.assert_called_once_with("me/tk", repo_type="model", private=True, exist_ok=True)
+    upload = api.upload_folder.call_args.kwargs
+    assert upload["repo_id"] == "me/tk" and upload["folder_path"] == str(trained) and upload["repo_type"] == "model"
+    assert "checkpoint-*" in upload["ignore_patterns"]
+    assert "https://hf.co/me/tk/commit/1" in capsys.readouterr().out

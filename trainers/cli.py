@@ -97,14 +97,19 @@ def expand_config(argv: list) -> list:
     return command + [t for f in files for t in config_flags(f)] + rest
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """`(args, {subcommand: its parser})` from the command line (config files expanded)."""
     parser, commands = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         argv = expand_config(argv)
     except UsageError as e:
         (commands.get(argv[0]) or parser).error(str(e))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv), commands
+
+
+def main(argv=None):
+    args, commands = parse_args(argv)
     mod = importlib.import_module(f"tokenskim.trainers.{COMMANDS[args.command][0]}")
     try:
         return mod.run(args)
