@@ -58,7 +58,8 @@ def test_train_writes_a_hub_ready_folder(trained):
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification"} <= set(config["auto_map"])
     tokenizer_config = json.loads((trained / "tokenizer_config.json").read_text())
-    assert tokenizer_config["model_max_length"] == 32  # evaluation reuses the training max length
+    assert tokenizer_config["model_max_length"] == 128  # the model's positions, not the training length
+    assert config["training_max_length"] == 32  # which evaluation reuses
 
 
 def test_eval_results_and_model_card_carry_the_real_numbers(trained):
@@ -250,3 +251,21 @@ def test_push_uploads_the_folder_through_hfapi(trained, capsys):
     assert upload["repo_id"] == "me/tk" and upload["folder_path"] == str(trained) and upload["repo_type"] == "model"
     assert "checkpoint-*" in upload["ignore_patterns"]
     assert "https://hf.co/me/tk/commit/1" in capsys.readouterr().out
+
+
+def test_the_saved_folder_works_in_a_pipeline_without_length_warnings(trained, capfd):
+    import warnings
+
+    from transformers import pipeline
+
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        classify = pipeline("text-classification", model=str(trained), trust_remote_code=True, device="cpu")
+        text = " ".join(["the"] * 125)  # 127 tokens with [CLS] and [SEP]: over the training length, within 128
+        assert len(classify.tokenizer(text)["input_ids"]) == 127
+        result = classify(text)
+    assert result[0]["label"] in ("negative", "positive")
+    logged = capfd.readouterr().err
+    messages = [str(w.message) for w in caught] + [logged]
+    assert not any("sequence length" in m or "indexing errors" in m or "> 32" in m for m in messages), messages

@@ -18,7 +18,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from . import data, metrics, methods, modelcard
 from .errors import UsageError
-from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, write_results
+from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, tokenizer_limit, write_results
 from .trainer import SkimTrainer
 
 logger = logging.getLogger(__name__)
@@ -128,11 +128,10 @@ def fine_tune(
 ):
     """Fine-tunes and evaluates; returns `(trainer, results)` with results keyed without `eval_`.
 
-    raw: DatasetDict of raw rows with `train` and `validation`; spec: its TaskSpec. The tokenizer's
-    `model_max_length` is set to `max_length`, so the saved folder evaluates the way it was trained.
+    raw: DatasetDict of raw rows with `train` and `validation`; spec: its TaskSpec. Inputs are truncated to
+    `max_length` tokens; `save_hub_folder` records it as `config.training_max_length`.
     """
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-    tokenizer.model_max_length = max_length
     model = methods.load_model(method, model_name_or_path, hyperparameters, **task_config(spec))
     tokenized = data.tokenize(raw, tokenizer, spec, max_length)
     trainer = SkimTrainer(
@@ -151,11 +150,20 @@ def fine_tune(
     return trainer, results
 
 
+def record_lengths(tokenizer, config, max_length: int):
+    """The saved tokenizer keeps the model's real limit (so `pipeline(...)` neither warns about 127 > 64 nor
+    cuts inputs at the training length); the length the model was fine-tuned with goes into the config, where
+    `evaluate` and `predict` take it as their default."""
+    tokenizer.model_max_length = tokenizer_limit(tokenizer, config)
+    config.training_max_length = max_length
+
+
 def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command, max_length, train_rows, extra_training=None):
     """Writes weights, remote code, tokenizer, eval_results.json and README.md to the output folder.
 
     Call on every process (saving is collective under some launchers); files come from the main one."""
     output_dir = trainer.args.output_dir
+    record_lengths(trainer.processing_class, trainer.model.config, max_length)
     trainer.save_model(output_dir)
     if not trainer.is_world_process_zero():
         return None
