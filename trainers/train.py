@@ -18,7 +18,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from . import data, metrics, methods, modelcard
 from .errors import UsageError
-from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, tokenizer_limit, write_results
+from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, tokenizer_limit
 from .trainer import SkimTrainer
 
 logger = logging.getLogger(__name__)
@@ -161,14 +161,12 @@ def record_lengths(tokenizer, config, max_length: int):
 def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command, max_length, train_rows, extra_training=None):
     """Writes weights, remote code, tokenizer, eval_results.json and README.md to the output folder.
 
-    Call on every process (saving is collective under some launchers); files come from the main one."""
+    What only the command line knows goes to `trainer.card_context`, so `trainer.save_model` here and a later
+    `trainer.push_to_hub()` write the same card. Call on every process (saving is collective under some
+    launchers); files come from the main one, which gets the results record back."""
     output_dir = trainer.args.output_dir
     record_lengths(trainer.processing_class, trainer.model.config, max_length)
-    trainer.save_model(output_dir)
-    if not trainer.is_world_process_zero():
-        return None
-    record = results_record(results, output_dir, spec.name, method=method, max_length=max_length)
-    write_results(output_dir, record)
+    trainer.model.config.finetuning_task = spec.name
     args = trainer.args
     training = {
         "method": method,
@@ -179,26 +177,23 @@ def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command
         "seed": args.seed,
         **{k: v for k, v in (extra_training or {}).items() if v is not None},
     }
-    names = metrics.metric_names(spec.name, spec.is_regression, spec.num_labels)
-    modelcard.write(
-        output_dir,
-        model_name=Path(output_dir).resolve().name,
+    record = results_record(results, output_dir, spec.name, method=method, max_length=max_length)
+    trainer.card_context = dict(
         method=method,
         base_model=str(base_model),
         task=spec.name,
         task_description=("regression" if spec.is_regression else f"{spec.num_labels}-way classification")
         + f" on {' + '.join(spec.text_columns)}",
-        dataset_type=spec.name,
         split="validation",
         metrics=record,
-        metric_names=names,
+        metric_names=metrics.metric_names(spec.name, spec.is_regression, spec.num_labels),
         command=command,
         training=training,
         train_description=f"{train_rows} rows",
         max_length=max_length,
-        trust_remote_code=bool(getattr(trainer.model.config, "auto_map", None)),
     )
-    return record
+    trainer.save_model(output_dir)  # SkimTrainer.save_model: weights, tokenizer, eval_results.json, README.md
+    return record if trainer.is_world_process_zero() else None
 
 
 def run(args):
