@@ -132,3 +132,20 @@ def test_two_processes_write_the_predictions_of_one(skimmer, texts, tmp_path):
     summary = json.loads((tmp_path / "two.jsonl.summary.json").read_text())
     assert summary["processes"] == 2 and summary["examples"] == ROWS
     assert summary["kept_token_ratio"] == pytest.approx(json.loads((tmp_path / "one.jsonl.summary.json").read_text())["kept_token_ratio"])
+
+
+def test_a_hub_dataset_name_is_read_through_datasets(monkeypatch):
+    from unittest import mock
+
+    from tokenskim.trainers import predict as predict_module
+    from tokenskim.trainers.errors import UsageError
+
+    with pytest.raises(UsageError, match="Hub is offline"):  # conftest keeps the Hub offline
+        predict_module.read_input("stanfordnlp/imdb", split="test")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with mock.patch.object(predict_module.datasets, "load_dataset", return_value="rows") as load:
+        assert predict_module.read_input("stanfordnlp/imdb", split="test") == "rows"
+    load.assert_called_once_with("stanfordnlp/imdb", None, split="test")
+    with pytest.raises(UsageError, match="input file not found"):
+        predict_module.read_input("./missing/reviews")

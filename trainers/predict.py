@@ -70,8 +70,8 @@ def read_input(source: str, config=None, split="train") -> datasets.Dataset:
             return data.read_file("text", path)
         builder, read = data.file_read_options(path)
         return data.read_file(builder, path, **read)
-    if path.suffix.lower() in INPUT_SUFFIXES or path.parent != Path("."):
-        raise UsageError(f"input file not found: {source}")
+    if path.suffix.lower() in INPUT_SUFFIXES or path.is_absolute() or source.startswith((".", "~")):
+        raise UsageError(f"input file not found: {source}")  # a path, not a Hub name such as stanfordnlp/imdb
     if data.hub_is_offline():
         raise UsageError(f"{source!r} is not a file and the Hub is offline (HF_HUB_OFFLINE): give a local file")
     return datasets.load_dataset(source, config, split=split)
