@@ -248,7 +248,8 @@ def run(args):
         return 0
     report = summary(model, [c for per_process in counts for c in per_process], total - done, seconds, max_length)
     report.update(model=args.model, input=args.input, output=args.output, processes=state.num_processes,
-                  device=str(device), dtype=args.dtype, batch_size=args.batch_size)
+                  device=str(device), dtype=args.dtype, batch_size=args.batch_size,
+                  num_layers=model.config.num_hidden_layers)
     Path(f"{args.output}.summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(format_summary(report))
     return 0
@@ -259,7 +260,9 @@ def format_summary(report: dict) -> str:
              f"{report['processes']} process(es), {report['device']}, {report['dtype']})"]
     if report["examples"]:
         lines.append(f"  examples/s         {report['examples_per_second']:.1f}  ({report['seconds']:.1f} s)")
-        for key in ("kept_token_ratio", "flops_ratio", "tokens_per_example", "mean_exit_layer"):
+        for key in ("kept_token_ratio", "flops_ratio", "tokens_per_example"):
             if key in report:
                 lines.append(f"  {key:<18} {report[key]:.3f}")
+        if report.get("mean_exit_layer", report["num_layers"] - 1) < report["num_layers"] - 1:  # some rows exited early
+            lines.append(f"  {'mean_exit_layer':<18} {report['mean_exit_layer']:.3f}")
     return "\n".join(lines)
