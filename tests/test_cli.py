@@ -1,13 +1,13 @@
 """`tokenskim train / evaluate / demo` end to end on a tiny random BERT and the bundled SST-2 sample:
 the Hub-ready folder, eval_results.json, the model card, resuming, and clear errors."""
 
-import argparse
 import importlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import HfArgumentParser
 from conftest import run_without_tokenskim
 from test_trainer import BUNDLED, save_tiny_checkpoint
 
@@ -19,12 +19,18 @@ FAST = ["--max-train-samples", "48", "--max-eval-samples", "24", "--per-device-t
         "--per-device-eval-batch-size", "8", "--max-length", "32", "--disable-tqdm", "true", "--use-cpu", "true"]
 
 
-def command(name: str, argv: list):
-    """Runs one subcommand module the way cli.py does (the other subcommands are not needed)."""
+def subcommand_parser(name: str) -> HfArgumentParser:
+    """One subcommand's parser, built the way cli.py builds it (the other subcommands are not needed)."""
     module = importlib.import_module(f"tokenskim.trainers.{name}")
-    parser = argparse.ArgumentParser(prog=f"tokenskim {name}")
+    parser = HfArgumentParser(getattr(module, "DATACLASSES", None), prog=f"tokenskim {name}")
     module.add_arguments(parser)
-    return module.run(parser.parse_args(argv))
+    return parser
+
+
+def command(name: str, argv: list):
+    """Runs one subcommand module the way cli.py does, errors raised rather than reported."""
+    module = importlib.import_module(f"tokenskim.trainers.{name}")
+    return module.run(subcommand_parser(name).parse_args(argv))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +58,8 @@ def test_train_writes_a_hub_ready_folder(trained):
     assert config["id2label"] == {"0": "negative", "1": "positive"}
     assert {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification"} <= set(config["auto_map"])
     tokenizer_config = json.loads((trained / "tokenizer_config.json").read_text())
-    assert tokenizer_config["model_max_length"] == 32  # evaluation reuses the training max length
+    assert tokenizer_config["model_max_length"] == 128  # the model's positions, not the training length
+    assert config["training_max_length"] == 32  # which evaluation reuses
 
 
 def test_eval_results_and_model_card_carry_the_real_numbers(trained):
@@ -155,8 +162,7 @@ def test_evaluate_rejects_a_model_of_another_task(trained, tmp_path):
 
 
 def test_training_arguments_pass_through():
-    parser = argparse.ArgumentParser()
-    importlib.import_module("tokenskim.trainers.train").add_arguments(parser)
+    parser = subcommand_parser("train")
     args = parser.parse_args(["--model", "m", "--output-dir", "o", "--gradient-accumulation-steps", "4",
                               "--lr_scheduler_type", "cosine", "--skim-coefficient", "2"])
     assert args.gradient_accumulation_steps == 4 and args.lr_scheduler_type == "cosine"
@@ -166,8 +172,7 @@ def test_training_arguments_pass_through():
 def test_model_card_command_lists_the_options_that_differ_from_defaults():
     from tokenskim.trainers import modelcard
 
-    parser = argparse.ArgumentParser()
-    importlib.import_module("tokenskim.trainers.train").add_arguments(parser)
+    parser = subcommand_parser("train")
     args = parser.parse_args(["--model", "m", "--output-dir", "o", "--logging-steps", "100", "--text-columns", "a,b",
                               "--learning_rate", "3e-5", "--seed", "42"])
     assert modelcard.command_line("tokenskim train", parser, args) == (
@@ -238,3 +243,66 @@ def test_calibrate_writes_the_chosen_threshold_and_its_curve(trained, tmp_path):
 
     reloaded = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True)
     assert reloaded.config.keep_threshold == chosen
+
+
+def test_evaluate_never_overwrites_the_training_record(trained, capsys):
+    record = (trained / "eval_results.json").read_text()
+    assert cli.main(["evaluate", "--model", str(trained), *SST2[:2], "--validation-file", SST2[-1],
+                     "--max-eval-samples", "8"]) == 0
+    assert (trained / "eval_results.json").read_text() == record
+    separate = trained / "eval_results_sst2_validation.json"
+    assert json.loads(separate.read_text())["num_examples"] == 8
+    assert f"wrote {separate}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suffix", ["yaml", "json"])
+def test_a_config_file_sets_flags_and_the_command_line_wins(tmp_path, suffix):
+    values = {"method": "dense", "model": "some/model", "task": "sst2", "learning_rate": 3e-5, "output_dir": "out",
+              "num_train_epochs": 2, "bf16": False, "use_cpu": True, "label_names": ["labels", "ids"], "max_length": None}
+    path = tmp_path / f"config.{suffix}"
+    if suffix == "json":
+        path.write_text(json.dumps(values))
+        argv = ["train", "--config", str(path), "--seed", "7", "--learning-rate", "1e-4"]
+    else:
+        import yaml
+
+        path.write_text(yaml.safe_dump(values))
+        argv = ["train", str(path), "--seed", "7", "--learning-rate", "1e-4"]
+    args, _ = cli.parse_args(argv)
+    assert (args.method, args.model, args.task, args.output_dir) == ("dense", "some/model", "sst2", "out")
+    assert args.num_train_epochs == 2.0 and args.use_cpu is True and args.bf16 is False and args.label_names == ["labels", "ids"]
+    assert args.seed == 7 and args.learning_rate == 1e-4  # given on the command line: wins over the file
+    assert args.max_length is None and args.eval_strategy == "epoch"  # untouched: our defaults
+
+
+def test_push_uploads_the_folder_through_hfapi(trained, capsys):
+    from unittest import mock
+
+    with mock.patch("tokenskim.trainers.push.HfApi") as api_class:
+        api_class.return_value.upload_folder.return_value = mock.Mock(commit_url="https://hf.co/me/tk/commit/1")
+        assert cli.main(["push", str(trained), "--repo-id", "me/tk", "--private", "--token", "hf_x"]) == 0
+    api_class.assert_called_once_with(token="hf_x")
+    api = api_class.return_value
+    api.create_repo.assert_called_once_with("me/tk", repo_type="model", private=True, exist_ok=True)
+    upload = api.upload_folder.call_args.kwargs
+    assert upload["repo_id"] == "me/tk" and upload["folder_path"] == str(trained) and upload["repo_type"] == "model"
+    assert "checkpoint-*" in upload["ignore_patterns"]
+    assert "https://hf.co/me/tk/commit/1" in capsys.readouterr().out
+
+
+def test_the_saved_folder_works_in_a_pipeline_without_length_warnings(trained, capfd):
+    import warnings
+
+    from transformers import pipeline
+
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        classify = pipeline("text-classification", model=str(trained), trust_remote_code=True, device="cpu")
+        text = " ".join(["the"] * 125)  # 127 tokens with [CLS] and [SEP]: over the training length, within 128
+        assert len(classify.tokenizer(text)["input_ids"]) == 127
+        result = classify(text)
+    assert result[0]["label"] in ("negative", "positive")
+    logged = capfd.readouterr().err
+    messages = [str(w.message) for w in caught] + [logged]
+    assert not any("sequence length" in m or "indexing errors" in m or "> 32" in m for m in messages), messages

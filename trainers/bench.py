@@ -616,6 +616,8 @@ def benchmark(model_dirs: Sequence[str], data: BenchData, batch_sizes: Sequence[
     """Runs the whole benchmark and returns the `bench.json` content (see `run` for the files)."""
     from transformers import AutoTokenizer
 
+    from .evaluate import default_max_length
+
     report = {"schema": "tokenskim-bench/1", "environment": environment(device), "task": data.task,
               "data_source": data.source, "num_examples": len(data.texts), "equal_lengths": equal_lengths,
               "repeats": repeats, "warmup_batches": warmup, "dtype": str(dtype).replace("torch.", ""),
@@ -625,7 +627,8 @@ def benchmark(model_dirs: Sequence[str], data: BenchData, batch_sizes: Sequence[
         config = next(iter(models.values())).config
         tok = tokenizer or AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
         limit = config.max_position_embeddings - (config.pad_token_id + 1 if "roberta" in config.model_type else 0)
-        length = min(max_length or limit, limit, getattr(tok, "model_max_length", limit) or limit)
+        # default: the length the model was fine-tuned with (config.training_max_length, else the tokenizer's)
+        length = min(max_length or default_max_length(tok, config, fallback=limit), limit)
         features = tokenize(tok, data, length)
         info["max_length"] = length
         report["models"].append(info)

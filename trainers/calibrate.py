@@ -15,10 +15,9 @@ import json
 import math
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
 from . import data, metrics
-from .evaluate import add_data_arguments, check_model_fits_task, default_max_length, evaluate_model
+from .errors import UsageError
+from .evaluate import add_data_arguments, check_model_fits_task, default_max_length, evaluate_model, load_classifier
 
 # knob -> (low, high, to search space, from search space); searched where the FLOPs ratio grows with it
 KNOBS = {
@@ -34,7 +33,7 @@ def default_knob(config) -> str:
     for name in KNOBS:
         if hasattr(config, name):
             return name
-    raise ValueError(f"{config.model_type} models have no inference knob ({', '.join(KNOBS)}): nothing to calibrate")
+    raise UsageError(f"{config.model_type} models have no inference knob ({', '.join(KNOBS)}): nothing to calibrate")
 
 
 def search(evaluate, knob: str, target_flops: float, grid_points: int = 6, bisect_steps: int = 6) -> tuple:
@@ -111,13 +110,11 @@ def add_arguments(parser):
 def run(args):
     folder = Path(args.model)
     if not (folder / "config.json").is_file():
-        raise SystemExit(f"tokenskim calibrate: {folder} is not a local checkpoint folder (no config.json)")
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-    knob = args.knob or default_knob(config)
-    if not hasattr(config, knob):
-        raise SystemExit(f"tokenskim calibrate: {config.model_type} has no {knob}; try --knob {default_knob(config)}")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        raise UsageError(f"{folder} is not a local checkpoint folder (no config.json): calibrate rewrites its config")
+    model, tokenizer = load_classifier(str(folder))
+    knob = args.knob or default_knob(model.config)
+    if not hasattr(model.config, knob):
+        raise UsageError(f"{model.config.model_type} has no {knob}; try --knob {default_knob(model.config)}")
     raw, spec = data.load_task(
         task=args.task, data_dir=args.data_dir, train_file=args.train_file, validation_file=args.validation_file,
         dataset_name=args.dataset_name, dataset_config=args.dataset_config, validation_split=args.validation_split,

@@ -16,6 +16,8 @@ from pathlib import Path
 import datasets
 from transformers import DataCollatorWithPadding
 
+from .errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation")
@@ -165,7 +167,7 @@ def get_task(name: str) -> TaskSpec:
     """The spec of a known task; a clear error listing the known ones otherwise."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} (or give --train-file/--validation-file)")
+        raise UsageError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)} (or give --train-file/--validation-file)")
     return TASKS[key]
 
 
@@ -193,11 +195,21 @@ def hub_is_offline() -> bool:
 # Reading
 
 
-def _read(builder: str, path, **read) -> datasets.Dataset:
+def read_file(builder: str, path, **read) -> datasets.Dataset:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    return datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **read)
+    if path.stat().st_size == 0:
+        raise UsageError(f"{path} is empty: give a file with rows to read (CSV/TSV: a header row, then data rows)")
+    try:
+        ds = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **read)
+    except ValueError as e:  # a header and no rows: datasets' "Instruction "data" corresponds to no data!"
+        if "corresponds to no data" not in str(e):
+            raise
+        ds = None
+    if ds is None or ds.num_rows == 0:
+        raise UsageError(f"{path} has no data rows (only a header?): add rows below the header")
+    return ds
 
 
 def load_local_task(spec: TaskSpec, data_dir, splits=SPLITS) -> datasets.DatasetDict:
@@ -209,7 +221,7 @@ def load_local_task(spec: TaskSpec, data_dir, splits=SPLITS) -> datasets.Dataset
     if spec.split_from is not None:
         source, fraction, seed = spec.split_from
         f = spec.local[source]
-        full = _read(f.builder, data_dir / f.path, **f.read)
+        full = read_file(f.builder, data_dir / f.path, **f.read)
         parts = full.train_test_split(test_size=fraction, seed=seed, shuffle=True)
         logger.warning(
             "%s: only the %r split is available locally; using a seeded split of it (seed %d): %d train, %d validation rows",
@@ -224,13 +236,13 @@ def load_local_task(spec: TaskSpec, data_dir, splits=SPLITS) -> datasets.Dataset
                 f"give --{split}-file, or use the Hub when online"
             )
         f = spec.local[split]
-        out[split] = _read(f.builder, data_dir / f.path, **f.read)
+        out[split] = read_file(f.builder, data_dir / f.path, **f.read)
     return out
 
 
 def load_hub_task(spec: TaskSpec, splits=SPLITS) -> datasets.DatasetDict:
     if spec.hub is None:
-        raise ValueError(f"{spec.name}: no Hub copy with these columns; pass --dataset-name and --text-columns")
+        raise UsageError(f"{spec.name}: no Hub copy with these columns; pass --dataset-name and --text-columns")
     name, config, split_names, *renames = spec.hub
     out = datasets.DatasetDict({s: datasets.load_dataset(name, config, split=split_names[s]) for s in splits})
     return out.rename_columns(renames[0]) if renames and renames[0] else out
@@ -245,7 +257,7 @@ def file_read_options(path) -> tuple:
         return "csv", {**GLUE_TSV, **NO_NA}
     if suffix in (".json", ".jsonl"):
         return "json", {}
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
+    raise UsageError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
 
 
 def load_files(train_file=None, validation_file=None) -> datasets.DatasetDict:
@@ -253,7 +265,7 @@ def load_files(train_file=None, validation_file=None) -> datasets.DatasetDict:
     for split, path in (("train", train_file), ("validation", validation_file)):
         if path is not None:
             builder, read = file_read_options(path)
-            out[split] = _read(builder, path, **read)
+            out[split] = read_file(builder, path, **read)
     return out
 
 
@@ -267,25 +279,26 @@ def infer_spec(ds: datasets.Dataset, text_columns, label_column, problem_type=No
     check_columns(ds, text_columns, label_column)
     values = ds.unique(label_column)
     if any(v is None or v == "" for v in values):
-        raise ValueError(f"label column {label_column!r} has empty values")
+        raise UsageError(f"label column {label_column!r} has empty values")
     floats = all(isinstance(v, (int, float)) for v in values) and any(isinstance(v, float) and not v.is_integer() for v in values)
     if problem_type == "regression" or (problem_type is None and floats):
         return TaskSpec(name, tuple(text_columns), label_column, labels=None)
     if floats:
-        raise ValueError(f"label column {label_column!r} holds non-integer numbers; use --problem-type regression")
+        raise UsageError(f"label column {label_column!r} holds non-integer numbers; use --problem-type regression")
     labels = tuple(sorted(int(v) if isinstance(v, float) else v for v in values))
     if len(labels) < 2:
-        raise ValueError(f"label column {label_column!r} has a single value {labels[0]!r}; classification needs two or more")
+        raise UsageError(f"label column {label_column!r} has a single value {labels[0]!r}; classification needs two or more")
     return TaskSpec(name, tuple(text_columns), label_column, labels=labels)
 
 
 def check_columns(ds: datasets.Dataset, text_columns, label_column=None):
     if not 1 <= len(text_columns) <= 2:
-        raise ValueError(f"give one text column or a pair, got {list(text_columns)}")
+        raise UsageError(f"give one text column or a pair, got {list(text_columns)}")
     wanted = list(text_columns) + ([label_column] if label_column else [])
     missing = [c for c in wanted if c not in ds.column_names]
     if missing:
-        raise ValueError(f"column(s) {missing} not found; the data has columns {ds.column_names}")
+        raise UsageError(f"column(s) {missing} not found; the data has columns {ds.column_names}: "
+                         "name the right ones with --text-columns / --label-column")
 
 
 def load_task(
@@ -313,12 +326,12 @@ def load_task(
         raw = load_files(train_file if "train" in splits else None, validation_file if "validation" in splits else None)
         missing = [s for s in splits if s not in raw]
         if missing:
-            raise ValueError(f"no {missing[0]} data: give --{missing[0]}-file")
+            raise UsageError(f"no {missing[0]} data: give --{missing[0]}-file")
     elif dataset_name:
         names = {"train": "train", "validation": validation_split}
         raw = datasets.DatasetDict({s: datasets.load_dataset(dataset_name, dataset_config, split=names[s]) for s in splits})
     elif spec is None:
-        raise ValueError("give --task, or your own data with --train-file/--validation-file, or --dataset-name")
+        raise UsageError("give --task, or your own data with --train-file/--validation-file, or --dataset-name")
     else:
         data_dir = Path(data_dir) if data_dir else default_data_dir()
         if data_dir is not None:
@@ -362,7 +375,8 @@ def label_to_id(spec: TaskSpec, label2id: dict | None = None):
     def convert(value):
         key = str(int(value) if isinstance(value, float) and value.is_integer() else value)
         if key not in mapping:
-            raise ValueError(f"label {value!r} is not one of the task's labels {list(mapping)}")
+            raise UsageError(f"label {value!r} is not one of the task's labels {list(mapping)}: "
+                             "fix the label column, or pick the task (--task) or model these labels belong to")
         return mapping[key]
 
     return convert
@@ -377,8 +391,7 @@ def tokenize(raw: datasets.DatasetDict, tokenizer, spec: TaskSpec, max_length=12
     convert = label_to_id(spec, label2id)
 
     def encode(batch):
-        texts = (["" if t is None else str(t) for t in batch[c]] for c in spec.text_columns)
-        enc = tokenizer(*texts, truncation=True, max_length=max_length)
+        enc = encode_texts(tokenizer, batch, spec.text_columns, max_length)
         enc["labels"] = [convert(v) for v in batch[spec.label_column]]
         return enc
 
@@ -386,6 +399,13 @@ def tokenize(raw: datasets.DatasetDict, tokenizer, spec: TaskSpec, max_length=12
     for split, ds in raw.items():
         out[split] = ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"{desc} {split}")
     return out
+
+
+def encode_texts(tokenizer, rows: dict, text_columns, max_length: int):
+    """Rows as columns (`{column: [values]}`) -> the tokenizer's unpadded encoding of the text column(s).
+    Missing text is the empty string; longer texts are truncated to `max_length` tokens."""
+    texts = (["" if t is None else str(t) for t in rows[c]] for c in text_columns)
+    return tokenizer(*texts, truncation=True, max_length=max_length)
 
 
 def collator(tokenizer, pad_to_multiple_of=None):
@@ -398,5 +418,5 @@ def subsample(ds: datasets.Dataset, n: int | None, seed: int = 42) -> datasets.D
     if n is None or n >= ds.num_rows:
         return ds
     if n <= 0:
-        raise ValueError(f"sample size must be positive, got {n}")
+        raise UsageError(f"sample size must be positive, got {n}")
     return ds.shuffle(seed=seed).select(range(n))

@@ -1,7 +1,11 @@
 """`tokenskim evaluate`: the task metric, kept-token ratio and FLOPs ratio of a checkpoint on a task's
-validation split, printed and written to `eval_results.json`.
+validation split, printed and written to a JSON file.
 
-    tokenskim evaluate --model DIR --task sst2 [--data-dir DIR] [--batch-size 32]
+    tokenskim evaluate --model DIR --task sst2 [--data-dir DIR] [--batch-size 32] [--output-dir OUT]
+
+`DIR/eval_results.json` is the training record the model card was written from, so an evaluation never
+replaces it: next to the model it goes to `eval_results_<task>_<split>.json`; with `--output-dir` (another
+folder) to `OUT/eval_results.json`.
 """
 
 import argparse
@@ -14,6 +18,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 
 from . import data, metrics
+from .errors import UsageError
 from .trainer import SkimTrainer
 
 logger = logging.getLogger(__name__)
@@ -48,7 +53,9 @@ def add_arguments(parser):
     parser.add_argument("--model", required=True, help="a fine-tuned checkpoint folder or Hub name")
     add_data_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=32, help="evaluation batch size (default 32)")
-    parser.add_argument("--output-dir", help=f"where to write {RESULTS_FILE} (default: the model folder when local)")
+    parser.add_argument("--output-dir", help=f"write OUT/{RESULTS_FILE} (default: eval_results_<task>_<split>.json "
+                        f"in the model folder when local, else in the working directory; the model's own {RESULTS_FILE}, "
+                        "its training record, is never replaced)")
     parser.add_argument("--seed", type=int, default=42, help="seed of --max-eval-samples' subset")
 
 
@@ -63,20 +70,43 @@ def load_eval_data(args, label2id=None):
     return data.subsample(raw["validation"], args.max_eval_samples, getattr(args, "seed", 42)), spec
 
 
+def load_classifier(name_or_path, dtype=None):
+    """`(model, tokenizer)` of a sequence-classification checkpoint folder or Hub name, the model in eval mode."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype)
+    except OSError as e:  # transformers' "not a local folder and not a valid model identifier", many lines long
+        raise UsageError(f"cannot load model {name_or_path!r} ({str(e).splitlines()[0]}): "
+                         "give a checkpoint folder or a Hub model name") from e
+    return model.eval(), tokenizer
+
+
 def check_model_fits_task(config, spec):
     if config.num_labels != spec.num_labels:
-        raise ValueError(
+        raise UsageError(
             f"the model has {config.num_labels} output(s) but task {spec.name!r} needs {spec.num_labels}; "
             "was it fine-tuned on another task?"
         )
 
 
-def default_max_length(tokenizer, config, fallback=512) -> int:
-    """The tokenizer's saved max length (tokenskim sets it to the training max length), capped by the
-    model's positions."""
-    limit = config.max_position_embeddings - (config.pad_token_id + 1 if "roberta" in config.model_type else 0)
+def position_limit(config) -> int:
+    """The longest input the model's position embeddings take (RoBERTa's positions start after padding_idx)."""
+    return config.max_position_embeddings - (config.pad_token_id + 1 if "roberta" in config.model_type else 0)
+
+
+def tokenizer_limit(tokenizer, config, fallback=512) -> int:
+    """The model's real maximum length: the tokenizer's own limit (a huge sentinel when unset) capped by the
+    positions. This is what a saved tokenizer carries, so `pipeline(...)` truncates and warns correctly."""
     saved = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else fallback
-    return min(saved, limit)
+    return min(saved, position_limit(config))
+
+
+def default_max_length(tokenizer, config, fallback=512) -> int:
+    """The length the model was fine-tuned with (`config.training_max_length`, written by tokenskim), else
+    the tokenizer's limit; capped by the model's positions. (Checkpoints from before `training_max_length`
+    carry the training length in the tokenizer.)"""
+    trained = getattr(config, "training_max_length", None)
+    return min(trained, position_limit(config)) if trained else tokenizer_limit(tokenizer, config, fallback)
 
 
 def strip_prefix(metrics_dict: dict, prefix: str = "eval") -> dict:
@@ -111,8 +141,13 @@ def results_record(results: dict, model: str, task: str, split: str = "validatio
     return {"model": str(model), "task": task, "split": split, **extra, **results}
 
 
-def write_results(output_dir, record: dict) -> Path:
-    path = Path(output_dir) / RESULTS_FILE
+def evaluation_file(task: str, split: str) -> str:
+    """The file name of one evaluation stored next to a model (never the training record RESULTS_FILE)."""
+    return f"eval_results_{task}_{split}.json"
+
+
+def write_results(output_dir, record: dict, name: str = RESULTS_FILE) -> Path:
+    path = Path(output_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return path
@@ -127,9 +162,17 @@ def format_results(record: dict, metric_names) -> str:
     return "\n".join(lines)
 
 
+def results_path(args, task: str, split: str = "validation") -> tuple:
+    """`(folder, file name)` of an evaluation's results: `--output-dir`/eval_results.json when it is another
+    folder than the model's, else `eval_results_<task>_<split>.json` next to the model (or here)."""
+    model_dir = Path(args.model) if Path(args.model).is_dir() else None
+    if args.output_dir and not (model_dir and Path(args.output_dir).resolve() == model_dir.resolve()):
+        return args.output_dir, RESULTS_FILE
+    return (model_dir or Path(".")), evaluation_file(task, split)
+
+
 def run(args):
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForSequenceClassification.from_pretrained(args.model)
+    model, tokenizer = load_classifier(args.model)
     custom = not args.task
     dataset, spec = load_eval_data(args)
     check_model_fits_task(model.config, spec)
@@ -139,8 +182,8 @@ def run(args):
         label2id=model.config.label2id if custom and not spec.is_regression else None,
     )
     record = results_record(results, args.model, spec.name, max_length=max_length)
-    output_dir = args.output_dir or (args.model if Path(args.model).is_dir() else ".")
-    path = write_results(output_dir, record)
+    folder, name = results_path(args, spec.name)
+    path = write_results(folder, record, name)
     print(format_results(record, metrics.metric_names(spec.name, spec.is_regression, spec.num_labels)))
     print(f"wrote {path}")
     return 0

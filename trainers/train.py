@@ -10,15 +10,15 @@ Interrupted runs continue with `--resume-from-checkpoint auto` (or a checkpoint 
 
 import dataclasses
 import logging
-import typing
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments
+from transformers import AutoTokenizer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from . import data, metrics, methods, modelcard
-from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, write_results
+from .errors import UsageError
+from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, tokenizer_limit
 from .trainer import SkimTrainer
 
 logger = logging.getLogger(__name__)
@@ -39,21 +39,20 @@ TRAINING_DEFAULTS = {
 DEFAULT_MAX_LENGTH = 128
 
 
+# The command line's parser is a `transformers.HfArgumentParser` of these (cli.py): every TrainingArguments field
+# is a flag (`--learning-rate` or `--learning_rate`), and a YAML/JSON config file can set any of them.
+DATACLASSES = (TrainingArguments,)
+
+
 def add_training_arguments(parser):
-    """Every `TrainingArguments` field as a flag (`--learning-rate` or `--learning_rate`), in a group."""
-    group = parser.add_argument_group("training (any transformers.TrainingArguments field)")
-    hints = typing.get_type_hints(TrainingArguments)
-    for field in dataclasses.fields(TrainingArguments):
-        if field.init:
-            field.type = hints[field.name]
-            HfArgumentParser._parse_dataclass_field(group, field)
+    """Our defaults for the TrainingArguments flags that `HfArgumentParser(DATACLASSES)` added to `parser`."""
     parser.set_defaults(**TRAINING_DEFAULTS)
 
 
 def training_arguments(args) -> TrainingArguments:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init and hasattr(args, f.name)}
     if not values.get("output_dir"):
-        raise ValueError("give --output-dir")
+        raise UsageError("no output folder: give --output-dir DIR (where the model, its card and results are written)")
     return TrainingArguments(**values)
 
 
@@ -101,7 +100,7 @@ def method_hyperparameters(args) -> dict:
     extra = [name for name, value in given.items() if value is not None and name not in method.hyperparameters]
     if extra:
         flags = ", ".join("--" + n.replace("_", "-") for n in extra)
-        raise ValueError(f"{flags} do(es) not apply to --method {args.method}")
+        raise UsageError(f"{flags} do(es) not apply to --method {args.method}: drop it, or pick a method that takes it")
     return {name: given[name] for name in method.hyperparameters}
 
 
@@ -132,11 +131,10 @@ def fine_tune(
 ):
     """Fine-tunes and evaluates; returns `(trainer, results)` with results keyed without `eval_`.
 
-    raw: DatasetDict of raw rows with `train` and `validation`; spec: its TaskSpec. The tokenizer's
-    `model_max_length` is set to `max_length`, so the saved folder evaluates the way it was trained.
+    raw: DatasetDict of raw rows with `train` and `validation`; spec: its TaskSpec. Inputs are truncated to
+    `max_length` tokens; `save_hub_folder` records it as `config.training_max_length`.
     """
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-    tokenizer.model_max_length = max_length
     model = methods.load_model(method, model_name_or_path, hyperparameters, **task_config(spec))
     tokenized = data.tokenize(raw, tokenizer, spec, max_length)
     trainer = SkimTrainer(
@@ -156,16 +154,23 @@ def fine_tune(
     return trainer, results
 
 
+def record_lengths(tokenizer, config, max_length: int):
+    """The saved tokenizer keeps the model's real limit (so `pipeline(...)` neither warns about 127 > 64 nor
+    cuts inputs at the training length); the length the model was fine-tuned with goes into the config, where
+    `evaluate` and `predict` take it as their default."""
+    tokenizer.model_max_length = tokenizer_limit(tokenizer, config)
+    config.training_max_length = max_length
+
+
 def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command, max_length, train_rows, extra_training=None):
     """Writes weights, remote code, tokenizer, eval_results.json and README.md to the output folder.
 
-    Call on every process (saving is collective under some launchers); files come from the main one."""
+    What only the command line knows goes to `trainer.card_context`, so `trainer.save_model` here and a later
+    `trainer.push_to_hub()` write the same card. Call on every process (saving is collective under some
+    launchers); files come from the main one, which gets the results record back."""
     output_dir = trainer.args.output_dir
-    trainer.save_model(output_dir)
-    if not trainer.is_world_process_zero():
-        return None
-    record = results_record(results, output_dir, spec.name, method=method, max_length=max_length)
-    write_results(output_dir, record)
+    record_lengths(trainer.processing_class, trainer.model.config, max_length)
+    trainer.model.config.finetuning_task = spec.name
     args = trainer.args
     training = {
         "method": method,
@@ -176,26 +181,23 @@ def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command
         "seed": args.seed,
         **{k: v for k, v in (extra_training or {}).items() if v is not None},
     }
-    names = metrics.metric_names(spec.name, spec.is_regression, spec.num_labels)
-    modelcard.write(
-        output_dir,
-        model_name=Path(output_dir).resolve().name,
+    record = results_record(results, output_dir, spec.name, method=method, max_length=max_length)
+    trainer.card_context = dict(
         method=method,
         base_model=str(base_model),
         task=spec.name,
         task_description=("regression" if spec.is_regression else f"{spec.num_labels}-way classification")
         + f" on {' + '.join(spec.text_columns)}",
-        dataset_type=spec.name,
         split="validation",
         metrics=record,
-        metric_names=names,
+        metric_names=metrics.metric_names(spec.name, spec.is_regression, spec.num_labels),
         command=command,
         training=training,
         train_description=f"{train_rows} rows",
         max_length=max_length,
-        trust_remote_code=bool(getattr(trainer.model.config, "auto_map", None)),
     )
-    return record
+    trainer.save_model(output_dir)  # SkimTrainer.save_model: weights, tokenizer, eval_results.json, README.md
+    return record if trainer.is_world_process_zero() else None
 
 
 def run(args):

@@ -180,6 +180,28 @@ class SkimTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------
+    # Model card and results: tokenskim's card everywhere (trainers/modelcard.py)
+
+    card_context = None  # what only the command line knows (task, command, training table); set by tokenskim train
+
+    def create_model_card(self, **kwargs):
+        """tokenskim's card (model-index with the task metric, kept-token and FLOPs ratios) instead of Trainer's
+        generic draft, so `push_to_hub()` uploads it. Keyword arguments as for `Trainer.create_model_card`."""
+        if self.is_world_process_zero():
+            from .modelcard import write_trainer_card
+
+            write_trainer_card(self, **kwargs)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        """As Trainer's, and a save by the user (not a checkpoint) also writes README.md and, after an evaluation,
+        eval_results.json."""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call and self.is_world_process_zero():
+            from .modelcard import write_trainer_card
+
+            write_trainer_card(self, output_dir)
+
+    # ------------------------------------------------------------------------------------------------
     # Evaluation
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
