@@ -373,19 +373,26 @@ def keep_ratio_loss(masks, real):
     return per_layer.mean()
 
 
-def budget_loss(masks, real, target: float):
-    """`|kept ratio - target|`: drives the share of (real token, layer) pairs kept to `target` and holds it
-    there. Its push is bounded (a constant slope), unlike the paper's loss it stops at the target, and it
-    pulls back up when the model keeps too few tokens: a one-sided hinge let tokens the task barely uses
-    drift away below the target (measured on the synthetic task of tests/test_budget.py: 0.21 kept at a
-    target of 0.3).
+def budget_loss(masks, real, target: float, min_kept: int = 0):
+    """Mean over examples of `|kept ratio - target|`: drives each sequence's share of (token, layer) pairs kept
+    to `target` and holds it there. Its push is bounded (a constant slope), unlike the paper's loss it stops at
+    the target, and it pulls back up when a sequence keeps too few tokens: a one-sided hinge let tokens the task
+    barely uses drift away below the target (measured on the synthetic task of tests/test_budget.py: 0.21 kept
+    at a target of 0.3).
 
-    The ratio is over the batch's tokens (as the `kept_token_ratio` metric counts), not a mean of per-example
-    ratios. masks: list of `[B, S]` keep masks; real: `[B, S]` bool.
+    Per sequence, not pooled over the batch, and a sequence's target is never below what the `min_kept` floor
+    keeps (`min(n, min_kept) / n` for n real tokens): pooled over a batch of short training rows, the floor
+    alone used up most of the budget, so the only way to meet it was to drop every other token, and the
+    model learnt to skim long inputs far below the target (SST-2 phrases in training, sentences at test: 0.42
+    kept in training, 0.31 on the dev set, for a target of 0.4).
+
+    masks: list of `[B, S]` keep masks (one per layer); real: `[B, S]` bool.
     """
     realf = real.to(masks[0].dtype)
-    ratio = torch.stack([(m * realf).sum() for m in masks]).sum() / (realf.sum() * len(masks))
-    return (ratio - target).abs()
+    lengths = realf.sum(1)
+    ratio = torch.stack([(m * realf).sum(1) for m in masks]).mean(0) / lengths  # [B]
+    floor = lengths.clamp(max=min_kept) / lengths
+    return (ratio - torch.clamp(floor, min=target)).abs().mean()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -163,7 +163,10 @@ class LTPSelector(TokenSelector):
         if not self.enabled or self.stage != "soft":
             return None
         target = self.config.target_keep_ratio
-        term = keep_ratio_loss(masks, real) if target is None else budget_loss(masks, real, float(target))
+        if target is None:
+            term = keep_ratio_loss(masks, real)
+        else:
+            term = budget_loss(masks, real, float(target), self.min_kept_tokens)
         return term * len(masks)  # keep_ratio_loss is the mean over layers; LTP's term is their sum
 
 

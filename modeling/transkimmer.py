@@ -163,7 +163,9 @@ class TranskimmerSelector(TokenSelector):
         if not self.enabled:
             return None
         target = self.config.target_keep_ratio
-        return keep_ratio_loss(masks, real) if target is None else budget_loss(masks, real, float(target))
+        if target is None:
+            return keep_ratio_loss(masks, real)
+        return budget_loss(masks, real, float(target), self.min_kept_tokens)
 
     def macs_per_token(self):
         if not self.enabled:

@@ -83,3 +83,14 @@ def test_a_model_that_skims_everything_fails_the_same_checks(trained):
     finally:
         trained.config.keep_threshold = 0.5
     assert accuracy < 0.75 and marks_kept == 0.0 and abs(ratio - TARGET) > 0.05
+
+
+def test_budget_loss_is_per_sequence_and_never_asks_below_the_floor():
+    from tokenskim.modeling.engine import budget_loss
+
+    real = torch.tensor([[1] * 10, [1] * 3 + [0] * 7], dtype=torch.bool)
+    keep_all = [real.float()] * 2
+    # 10 tokens: |1 - 0.3| = 0.7; 3 tokens under a floor of 4: its target is 1, met: 0
+    torch.testing.assert_close(budget_loss(keep_all, real, 0.3, min_kept=4), torch.tensor(0.35))
+    half = [torch.tensor([[1.0] * 5 + [0.0] * 5, [1, 1, 1] + [0] * 7])] * 2
+    torch.testing.assert_close(budget_loss(half, real, 0.3, min_kept=0), torch.tensor((0.2 + 0.7) / 2))
