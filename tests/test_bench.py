@@ -311,3 +311,31 @@ def test_bench_on_pretrained_minilm(tmp_path):
     report = bench.benchmark([path], data, [8], repeats=1, progress=False, log=None)
     off = next(r for r in report["records"] if r["variant"] == "engine_off")
     assert off["max_abs_logit_diff_vs_dense"] < 1e-4
+
+
+def test_synthetic_checkpoint_skims_to_the_target_flops(tmp_path):
+    """--synthetic: random weights of a given size whose keep threshold is fitted to a FLOPs ratio."""
+    import json as _json
+
+    from transformers import BertTokenizerFast
+
+    from tokenskim.trainers.bench import BenchData, accounting, make_batches, run_pass, tokenize
+    from tokenskim.trainers.synthetic import save_synthetic
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(50)]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
+    tokenizer = BertTokenizerFast(str(tmp_path / "vocab.txt"))
+    texts = [" ".join(f"w{(i * 7 + j) % 50}" for j in range(10 + i % 30)) for i in range(24)]
+    data = BenchData(texts=texts, labels=[i % 2 for i in range(24)], metric_fn=lambda p, r: {}, metric_name="x")
+    batches = make_batches(tokenize(tokenizer, data, 64), 8, tokenizer.pad_token_id)
+    config = tmp_path / "config.json"
+    config.write_text(_json.dumps({"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
+                                   "intermediate_size": 64, "max_position_embeddings": 64}))
+    folder = save_synthetic(str(config), tokenizer, tmp_path / "model", batches, 24, target_flops=1.8)
+    from tokenskim.modeling import TranskimmerBertForSequenceClassification
+
+    model = TranskimmerBertForSequenceClassification.from_pretrained(folder).eval()
+    ratio = accounting(model, run_pass(model, batches, 24))["flops_ratio"]
+    assert 1.8 <= ratio < 2.3
+    kept = accounting(model, run_pass(model, batches, 24))["kept_per_layer"]
+    assert kept[0] > kept[1] > kept[2]  # each layer keeps a share of what is left

@@ -844,8 +844,13 @@ def _json_or_str(text):
 
 
 def add_arguments(parser):
-    parser.add_argument("--model", action="append", required=True, metavar="DIR",
+    parser.add_argument("--model", action="append", metavar="DIR",
                         help="checkpoint folder (repeat for several; the Pareto plot compares them)")
+    parser.add_argument("--synthetic", metavar="SIZE",
+                        help="instead of --model: random weights of a named size (minilm, bert-base, bert-large) or a "
+                             "config.json, skimming to --target-flops (trainers/synthetic.py)")
+    parser.add_argument("--target-flops", type=float, default=2.0, help="--synthetic: the FLOPs ratio to skim to")
+    parser.add_argument("--tokenizer", help="--synthetic: the tokenizer (default: the packaged MiniLM's, BERT uncased)")
     parser.add_argument("--task", default=None, help="a known task (sst2, imdb, ...; see trainers/data.py)")
     parser.add_argument("--data-dir", default=None,
                         help="folder with the layout of ../shared/data (default: $TOKENSKIM_DATA_DIR, else ../shared/data)")
@@ -877,6 +882,23 @@ def add_arguments(parser):
     parser.add_argument("--output-dir", required=True)
 
 
+def synthetic_folder(args, data: BenchData, device) -> str:
+    """`--synthetic`: a random checkpoint fitted to `--target-flops` on these inputs, saved under the output folder."""
+    from transformers import AutoTokenizer
+
+    from .demo import minilm_path
+    from .synthetic import save_synthetic
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or minilm_path())
+    features = tokenize(tokenizer, data, args.max_length or 128)
+    batches = make_batches(features, max(args.batch_sizes), tokenizer.pad_token_id)
+    folder = os.path.join(args.output_dir, f"synthetic-{os.path.basename(args.synthetic)}")
+    labels = 1 if data.regression else max(2, len(set(data.labels)))
+    save_synthetic(args.synthetic, tokenizer, folder, batches, len(features), args.target_flops, labels)
+    print(f"synthetic {args.synthetic} model skimming to FLOPs ratio >= {args.target_flops}: {folder}")
+    return folder
+
+
 def run(args):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
@@ -893,14 +915,17 @@ def run(args):
         raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     if not args.task and not args.validation_file:
         raise SystemExit("give --task (e.g. sst2) or --validation-file")
+    if bool(args.model) == bool(args.synthetic):
+        raise SystemExit("give --model DIR (one or more) or --synthetic SIZE")
     label2id = None
-    if not args.task:
+    if not args.task and args.model:
         from transformers import AutoConfig
 
         label2id = AutoConfig.from_pretrained(args.model[0], trust_remote_code=True).label2id
     data = load_bench_data(args.task, args.data_dir, args.split, args.max_examples, args.seed, args.validation_file,
                            args.text_columns, args.label_column, label2id)
-    report = benchmark(args.model, data, args.batch_sizes, device=device, dtype=getattr(torch, args.dtype),
+    model_dirs = args.model or [synthetic_folder(args, data, device)]
+    report = benchmark(model_dirs, data, args.batch_sizes, device=device, dtype=getattr(torch, args.dtype),
                        max_length=args.max_length, equal_lengths=args.equal_lengths, variants=variants,
                        overrides=parse_overrides(args.config_override), repeats=args.repeats, warmup=args.warmup,
                        memory=not args.no_memory, progress=not args.no_progress, profile=args.profile)
