@@ -76,11 +76,12 @@ def calibration_plot(points, knob, chosen, metric: str, target_flops: float, pat
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    xs = [r["flops_ratio"] for _, r in points]
-    ys = [r[metric] for _, r in points]
+    by_flops = sorted(points, key=lambda p: p[1]["flops_ratio"])
+    xs = [r["flops_ratio"] for _, r in by_flops]
+    ys = [r[metric] for _, r in by_flops]
     ax.plot(xs, ys, "o-", color="#3b6ea8", label=f"{knob} searched")
-    for value, r in points:
-        ax.annotate(f"{value:g}", (r["flops_ratio"], r[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for value, r in by_flops:
+        ax.annotate(f"{value:.3g}", (r["flops_ratio"], r[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if chosen is not None:
         r = dict(points)[chosen]
         ax.plot([r["flops_ratio"]], [r[metric]], "*", markersize=14, color="#d1495b", label=f"chosen {knob}={chosen:g}")

@@ -4,6 +4,7 @@
 # Usage: OUT=runs results/budget_sst2/run.sh NAME...   (outputs in $OUT/NAME, logs in $OUT/NAME.log)
 #   dense-e1 dense-e2          dense fine-tunes, 1 and 2 epochs (dense-e1 is LTP's fine-tuned start)
 #   tk-t<R>                    Transkimmer from the pretrained model, 2 epochs, kept-token budget R
+#   tkd-t<R>                   Transkimmer from dense-e1, 1 epoch with the budget R (2 epochs in all, as LTP)
 #   ltp-t<R>                   LTP from dense-e1: soft pruning 0.5 epoch (budget R) + hard pruning 0.5 epoch
 set -euo pipefail
 OUT=${OUT:-/tmp/budget_sst2}
@@ -22,6 +23,7 @@ cmd() {
     dense-e1) echo "--method dense --model $MINILM --num-train-epochs 1" ;;
     dense-e2) echo "--method dense --model $MINILM --num-train-epochs 2" ;;
     tk-t*) echo "--method transkimmer --model $MINILM --num-train-epochs 2 $BUDGET --gumbel-noise false --target-keep-ratio ${1#tk-t}" ;;
+    tkd-t*) echo "--method transkimmer --model $OUT/dense-e1 --num-train-epochs 1 $BUDGET --gumbel-noise false --target-keep-ratio ${1#tkd-t}" ;;
     ltp-t*) echo "--method ltp --model $MINILM --finetuned $OUT/dense-e1 --stage-epochs 1,0.5,0.5 $BUDGET --target-keep-ratio ${1#ltp-t}" ;;
     *) echo "unknown run $1" >&2; exit 2 ;;
   esac
