@@ -91,7 +91,7 @@ def test_budget_loss_is_per_sequence_and_never_asks_below_the_floor():
 
     real = torch.tensor([[1] * 10, [1] * 3 + [0] * 7], dtype=torch.bool)
     keep_all = [real.float()] * 2
-    # 10 tokens: |1 - 0.3| = 0.7; 3 tokens under a floor of 4: its target is 1, met: 0
-    torch.testing.assert_close(budget_loss(keep_all, real, 0.3, min_kept=4), torch.tensor(0.35))
+    # 10 tokens, floor 4: its target is max(0.3, 4/10) = 0.4, so |1 - 0.4| = 0.6; 3 tokens: target 1, met: 0
+    torch.testing.assert_close(budget_loss(keep_all, real, 0.3, min_kept=4), torch.tensor(0.3))
     half = [torch.tensor([[1.0] * 5 + [0.0] * 5, [1, 1, 1] + [0] * 7])] * 2
     torch.testing.assert_close(budget_loss(half, real, 0.3, min_kept=0), torch.tensor((0.2 + 0.7) / 2))
