@@ -57,7 +57,7 @@ class LTPFields:
     temperature: T of the soft-stage gate sigmoid((s - theta) / T).
     skim_coefficient: lambda of `loss = task_loss + lambda * sum_l mean(M_l)` (soft stage).
     target_keep_ratio: None for that L1 term (pushed down without end); a number r in (0, 1] for the budget
-        `lambda * L * max(0, kept ratio - r)`, which stops pushing at r.
+        `lambda * L * mean over sequences |kept ratio - r|` (`engine.budget_loss`), which holds the ratio at r.
     min_kept_tokens: every sequence keeps at least this many tokens (CLS included) after every layer.
     threshold_scale: inference prunes below `threshold_scale * theta_l`; raise it to prune more, lower it
         to prune less, without retraining (`tokenskim calibrate` picks it).
@@ -158,8 +158,8 @@ class LTPSelector(TokenSelector):
         return (score >= 0).to(score.dtype)
 
     def loss(self, masks, real):
-        """Soft stage: sum over layers of the mean keep mask over real tokens (LTP's L1 term), or the budget
-        hinge times the number of layers with `target_keep_ratio`; else None."""
+        """Soft stage: sum over layers of the mean keep mask over real tokens (LTP's L1 term), or with
+        `target_keep_ratio` the budget (`budget_loss`) times the number of layers; else None."""
         if not self.enabled or self.stage != "soft":
             return None
         target = self.config.target_keep_ratio

@@ -20,30 +20,6 @@ import torch.nn.functional as F
 import torch.utils._pytree as pytree
 
 
-def unpad(hidden: torch.Tensor, real: torch.Tensor):
-    """Packs the real tokens of a padded batch.
-
-    Args:
-        hidden: `[batch, seq, hidden]`.
-        real: `[batch, seq]` bool, True for real tokens.
-
-    Returns:
-        packed `[total, hidden]`, index `[total]` (each row's flat position `b * seq + s` in the padded
-        layout), cu_seqlens `[batch + 1]` int32, lengths (list of int, one per sequence).
-    """
-    index = real.flatten().nonzero().squeeze(1)
-    lengths = real.sum(1, dtype=torch.int32)
-    packed = hidden.flatten(0, 1).index_select(0, index)
-    return packed, index, lengths_to_cu(lengths), lengths.tolist()
-
-
-def pad(packed: torch.Tensor, index: torch.Tensor, batch: int, seq: int) -> torch.Tensor:
-    """Inverse of `unpad`: `[total, hidden]` rows back to `[batch, seq, hidden]`, zeros elsewhere."""
-    out = packed.new_zeros(batch * seq, packed.shape[-1])
-    out.index_copy_(0, index, packed)
-    return out.view(batch, seq, -1)
-
-
 def lengths_to_cu(lengths: torch.Tensor) -> torch.Tensor:
     """`[n]` sequence lengths -> `[n + 1]` int32 offsets."""
     return F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))

@@ -15,8 +15,8 @@ loss pushes every predictor in the same direction at every step, while the task 
 normalises each parameter's step, so a consistent push moves the predictor's last Linear (on LayerNorm-ed
 features) by about `lr` per weight per step, i.e. the keep logit by up to `lr * hidden` per step: at
 `lr = 1e-3` and hidden 384 that crosses the +/-5 init margin in a few dozen steps, and the push never
-stops, so every token is skipped after layer 0. A budget (hinge at the target) stops pushing once the kept
-ratio is at the target, and the floor keeps short inputs answerable.
+stops, so every token is skipped after layer 0. A budget (`engine.budget_loss`, |kept ratio - target| per
+sequence) has a bounded push that stops at the target, and the floor keeps short inputs answerable.
 """
 
 import math

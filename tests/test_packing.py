@@ -8,10 +8,9 @@ from tokenskim.modeling.packing import (
     floor_mask,
     keep_decision,
     lengths_to_cu,
-    pad,
+    pack,
     padded_attention,
     row_to_sequence,
-    unpad,
     varlen_attention,
 )
 
@@ -36,14 +35,18 @@ def test_varlen_attention_matches_each_sequence_alone(lengths):
     torch.testing.assert_close(padded_attention(q, k, v, cu, lengths), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_unpad_pad_round_trip():
+def test_pack_round_trip():
     hidden = torch.randn(3, 6, 4)
     real = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
-    packed, index, cu, lengths = unpad(hidden, real)
-    assert packed.shape == (10, 4) and lengths == [3, 6, 1] and cu.tolist() == [0, 3, 9, 10]
-    back = pad(packed, index, 3, 6)
+    state = pack(real)
+    assert state.lengths == [3, 6, 1] and state.cu_seqlens.tolist() == [0, 3, 9, 10]
+    assert state.row_seq.tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 2] and state.sequence.tolist() == [0, 1, 2]
+    packed = hidden.flatten(0, 1).index_select(0, state.index)
+    back = hidden.new_zeros(18, 4).index_copy_(0, state.index, packed).view(3, 6, 4)
     torch.testing.assert_close(back[real], hidden[real])
     assert bool((back[~real] == 0).all())
+    with pytest.raises(ValueError, match="all zeros"):
+        pack(torch.tensor([[True, False], [False, False]]))
 
 
 def reference_keep(score, lengths, min_kept):
