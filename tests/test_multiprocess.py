@@ -51,6 +51,8 @@ SCRIPT = textwrap.dedent(
     evaluation = trainer(skimmer, out + "/eval").evaluate()
     if t.is_world_process_zero():
         json.dump({"world_size": t.args.world_size, "logs": logs, "eval": evaluation}, open(out + "/result.json", "w"))
+    if torch.distributed.is_initialized():  # a gloo group left to interpreter exit can abort ("terminate called ...")
+        torch.distributed.destroy_process_group()
     """
 )
 

@@ -244,6 +244,7 @@ def run(args):
 
     # every process's token counts, for the ratios over all rows predicted in this run
     counts = gather_object([counts])
+    state.destroy_process_group()  # a gloo group left to interpreter exit can abort the process
     if not main:
         return 0
     report = summary(model, [c for per_process in counts for c in per_process], total - done, seconds, max_length)
