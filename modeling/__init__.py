@@ -48,11 +48,10 @@ from .early_exit import (
     ExitHeads,
     SkimForSequenceClassificationWithExits,
     exit_counts,
-    exit_head_macs,
     normalized_entropy,
     self_distillation_loss,
 )
-from .flops import dense_flops, encoder_flops, flops_ratio, kept_token_ratio
+from .flops import dense_flops, encoder_flops, exit_head_macs, flops_ratio, kept_token_ratio, model_macs
 from .ltp import (
     LTPBertConfig,
     LTPBertForQuestionAnswering,
