@@ -51,7 +51,6 @@ from .engine import (
     SkimQuestionAnsweringOutput,
     SelectorOutput,
     TokenSelector,
-    register_family,
     returns_tuple_unless_return_dict,
 )
 
@@ -356,6 +355,3 @@ class BlockSkimRobertaForQuestionAnswering(BlockSkimQuestionAnsweringMixin, Skim
 
 
 BlockSkimForQA = BlockSkimBertForQuestionAnswering
-
-register_family(BlockSkimBertConfig, [BlockSkimBertModel, BlockSkimBertForQuestionAnswering])
-register_family(BlockSkimRobertaConfig, [BlockSkimRobertaModel, BlockSkimRobertaForQuestionAnswering])

@@ -42,7 +42,6 @@ from .engine import (
     SkimSequenceClassifierOutput,
     TokenSelector,
     is_roberta,
-    register_family,
     returns_tuple_unless_return_dict,
 )
 
@@ -282,7 +281,3 @@ class EarlyExitRobertaForSequenceClassification(SkimForSequenceClassificationWit
     config_class = EarlyExitRobertaConfig
     base_model_prefix = "roberta"
     base_model_class = EarlyExitRobertaModel
-
-
-register_family(EarlyExitBertConfig, [EarlyExitBertModel, EarlyExitBertForSequenceClassification])
-register_family(EarlyExitRobertaConfig, [EarlyExitRobertaModel, EarlyExitRobertaForSequenceClassification])

@@ -573,17 +573,46 @@ def is_roberta(config) -> bool:
     return isinstance(config, RobertaConfig)
 
 
+AUTO_CLASS_OF_HEAD = {
+    "Model": "AutoModel",
+    "ForSequenceClassification": "AutoModelForSequenceClassification",
+    "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+    "ForTokenClassification": "AutoModelForTokenClassification",
+}
+
+FAMILIES: dict = {}  # config class -> {Auto class name: model class}, filled as the family classes are defined
+
+
+def family_auto_map(config_class) -> dict:
+    """The `auto_map` a family's checkpoints carry: AutoConfig and every Auto class of the family's heads, so a
+    saved folder loads back with `trust_remote_code=True`."""
+    name = lambda c: f"{c.__module__.split('.')[-1]}.{c.__name__}"  # noqa: E731  (module file.class in the folder)
+    return {"AutoConfig": name(config_class), **{auto: name(c) for auto, c in FAMILIES.get(config_class, {}).items()}}
+
+
 class SkimPreTrainedModel(PreTrainedModel):
     """Weight init, Hub plumbing and the selector factory shared by every tokenskim model.
 
-    A family subclass sets `config_class`, `base_model_prefix` ("bert" or "roberta"), `selector_class`
-    and, through `register_family`, the auto classes its checkpoints map to.
+    A family class sets `config_class`, `base_model_prefix` ("bert" or "roberta") and `selector_class` (or
+    `base_model_class` for a head); defining it registers it for the Auto class its name ends with
+    (`...Model`, `...ForSequenceClassification`, ...; see `AUTO_CLASS_OF_HEAD`), once, here.
     """
 
     selector_class = TokenSelector
     supports_gradient_checkpointing = True  # the training loop checkpoints each layer's parts (SkimEncoder)
     accepts_loss_kwargs = False  # our loss is a mean; Trainer must not rescale it
-    _family_auto_map: dict = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        config_class = cls.__dict__.get("config_class")
+        auto = next((a for suffix, a in AUTO_CLASS_OF_HEAD.items() if cls.__name__.endswith(suffix)), None)
+        # family classes are the ones this package defines with their own config class (not the shared bases, not
+        # a user's subclass elsewhere, which keeps its parent's registration)
+        if config_class is None or auto is None or cls.__module__.rpartition(".")[0] != __name__.rpartition(".")[0]:
+            return
+        config_class.register_for_auto_class("AutoConfig")
+        cls.register_for_auto_class(auto)
+        FAMILIES.setdefault(config_class, {})[auto] = cls
 
     def __init__(self, config, *args, **kwargs):
         if config.hidden_size % config.num_attention_heads != 0:
@@ -592,7 +621,7 @@ class SkimPreTrainedModel(PreTrainedModel):
                 f"({config.num_attention_heads})"
             )
         config.model_type = type(config).model_type  # a plain BERT config loaded into our class
-        config.auto_map = dict(self._family_auto_map)
+        config.auto_map = family_auto_map(type(self).config_class)
         super().__init__(config, *args, **kwargs)
 
     @torch.no_grad()
@@ -899,27 +928,3 @@ class SkimForTokenClassification(SkimPreTrainedModel):
             token_layers=out.token_layers,
             token_ffn_layers=out.token_ffn_layers,
         )
-
-
-AUTO_CLASS_OF_HEAD = {
-    "Model": "AutoModel",
-    "ForSequenceClassification": "AutoModelForSequenceClassification",
-    "ForQuestionAnswering": "AutoModelForQuestionAnswering",
-    "ForTokenClassification": "AutoModelForTokenClassification",
-}
-
-
-def register_family(config_class, model_classes):
-    """Registers a family's classes for their Auto classes, so `save_pretrained` writes an `auto_map`
-    with AutoConfig, AutoModel and every head, and the checkpoint loads with `trust_remote_code=True`.
-
-    model_classes: the family's classes for one backbone, named `...Model` / `...For<Head>`.
-    """
-    config_class.register_for_auto_class("AutoConfig")
-    auto_map = {"AutoConfig": f"{config_class.__module__.split('.')[-1]}.{config_class.__name__}"}
-    for cls in model_classes:
-        auto = next(a for suffix, a in AUTO_CLASS_OF_HEAD.items() if cls.__name__.endswith(suffix))
-        cls.register_for_auto_class(auto)
-        auto_map[auto] = f"{cls.__module__.split('.')[-1]}.{cls.__name__}"
-    for cls in model_classes:
-        cls._family_auto_map = auto_map

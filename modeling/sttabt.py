@@ -59,7 +59,6 @@ from .engine import (
     SelectorOutput,
     TokenSelector,
     first_real,
-    register_family,
     returns_tuple_unless_return_dict,
 )
 from .flops import layer_macs
@@ -521,7 +520,3 @@ class STTABTRobertaForSequenceClassification(STTABTForSequenceClassificationMixi
     config_class = STTABTRobertaConfig
     base_model_prefix = "roberta"
     base_model_class = STTABTRobertaModel
-
-
-register_family(STTABTBertConfig, [STTABTBertModel, STTABTBertForSequenceClassification])
-register_family(STTABTRobertaConfig, [STTABTRobertaModel, STTABTRobertaForSequenceClassification])

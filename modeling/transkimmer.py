@@ -35,7 +35,6 @@ from .engine import (
     TokenSelector,
     budget_loss,
     keep_ratio_loss,
-    register_family,
 )
 
 
@@ -221,15 +220,3 @@ class TranskimmerRobertaForTokenClassification(SkimForTokenClassification):
     config_class = TranskimmerRobertaConfig
     base_model_prefix = "roberta"
     base_model_class = TranskimmerRobertaModel
-
-
-register_family(
-    TranskimmerBertConfig,
-    [TranskimmerBertModel, TranskimmerBertForSequenceClassification, TranskimmerBertForQuestionAnswering,
-     TranskimmerBertForTokenClassification],
-)
-register_family(
-    TranskimmerRobertaConfig,
-    [TranskimmerRobertaModel, TranskimmerRobertaForSequenceClassification, TranskimmerRobertaForQuestionAnswering,
-     TranskimmerRobertaForTokenClassification],
-)
