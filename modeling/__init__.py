@@ -7,19 +7,10 @@ tokenskim is not installed.
 
 from transformers import AutoConfig
 
-from .engine import (
-    FAMILIES,
-    EncoderResult,
-    SkimEncoder,
-    SkimForQuestionAnswering,
-    SkimForSequenceClassification,
-    SkimForTokenClassification,
-    SkimModel,
-    SkimModelOutput,
-    SkimPreTrainedModel,
-    TokenSelector,
-    keep_ratio_loss,
-)
+from .engine import EncoderResult, SkimEncoder
+from .heads import SkimForQuestionAnswering, SkimForSequenceClassification, SkimForTokenClassification
+from .models import FAMILIES, SkimModel, SkimModelOutput, SkimPreTrainedModel
+from .selector import TokenSelector, keep_ratio_loss
 from .block_skim import (
     BlockPredictor,
     BlockSkimBertConfig,

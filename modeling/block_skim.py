@@ -44,15 +44,9 @@ from torch import nn
 from torch.nn import CrossEntropyLoss
 from transformers import BertConfig, RobertaConfig
 
-from .engine import (
-    SkimForQuestionAnswering,
-    SkimModel,
-    SkimModelOutput,
-    SkimQuestionAnsweringOutput,
-    SelectorOutput,
-    TokenSelector,
-    returns_tuple_unless_return_dict,
-)
+from .heads import SkimForQuestionAnswering
+from .models import SkimModel, SkimModelOutput, SkimQuestionAnsweringOutput, returns_tuple_unless_return_dict
+from .selector import SelectorOutput, TokenSelector
 
 SKIP, KEEP = 0, 1
 

@@ -36,14 +36,9 @@ from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import BertConfig, RobertaConfig
 
-from .engine import (
-    SkimForSequenceClassification,
-    SkimModel,
-    SkimSequenceClassifierOutput,
-    TokenSelector,
-    is_roberta,
-    returns_tuple_unless_return_dict,
-)
+from .heads import SkimForSequenceClassification
+from .models import SkimModel, SkimSequenceClassifierOutput, is_roberta, returns_tuple_unless_return_dict
+from .selector import TokenSelector
 
 EXIT_CRITERIA = ("entropy", "patience")
 

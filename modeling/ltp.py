@@ -33,15 +33,9 @@ from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import BertConfig, RobertaConfig
 
-from .engine import (
-    SkimForQuestionAnswering,
-    SkimForSequenceClassification,
-    SkimForTokenClassification,
-    SkimModel,
-    TokenSelector,
-    budget_loss,
-    keep_ratio_loss,
-)
+from .heads import SkimForQuestionAnswering, SkimForSequenceClassification, SkimForTokenClassification
+from .models import SkimModel
+from .selector import TokenSelector, budget_loss, keep_ratio_loss
 
 PRUNING_STAGES = ("soft", "hard")
 

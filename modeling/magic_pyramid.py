@@ -13,7 +13,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, RobertaConfig
 
 from .early_exit import ExitFields, SkimForSequenceClassificationWithExits
-from .engine import SkimModel
+from .models import SkimModel
 from .ltp import LTPFields, LTPSelector
 
 

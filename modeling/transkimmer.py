@@ -27,15 +27,9 @@ from torch import nn
 from transformers import BertConfig, RobertaConfig
 from transformers.activations import ACT2FN
 
-from .engine import (
-    SkimForQuestionAnswering,
-    SkimForSequenceClassification,
-    SkimForTokenClassification,
-    SkimModel,
-    TokenSelector,
-    budget_loss,
-    keep_ratio_loss,
-)
+from .heads import SkimForQuestionAnswering, SkimForSequenceClassification, SkimForTokenClassification
+from .models import SkimModel
+from .selector import TokenSelector, budget_loss, keep_ratio_loss
 
 
 @strict

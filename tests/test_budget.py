@@ -81,7 +81,7 @@ def test_a_model_that_skims_everything_fails_the_same_checks(trained):
 
 
 def test_budget_loss_is_per_sequence_and_never_asks_below_the_floor():
-    from tokenskim.modeling.engine import budget_loss
+    from tokenskim.modeling.selector import budget_loss
 
     real = torch.tensor([[1] * 10, [1] * 3 + [0] * 7], dtype=torch.bool)
     keep_all = [real.float()] * 2

@@ -19,7 +19,7 @@ from tokenskim.modeling import (
     model_macs,
 )
 from tokenskim.modeling.flops import layer_macs
-from tokenskim.modeling.engine import SelectorOutput
+from tokenskim.modeling.selector import SelectorOutput
 from tokenskim.modeling.sttabt import back_track
 
 STOCK_AND_OURS = {
