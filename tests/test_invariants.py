@@ -136,7 +136,8 @@ def deciding_model(family, backbone, head, **overrides):
 
 
 def is_token_level(field, head):
-    return field in ("last_hidden_state", "start_logits", "end_logits") or (
+    """The field is `[batch, seq, ...]`."""
+    return field in ("last_hidden_state", "start_logits", "end_logits", "token_layers", "token_ffn_layers") or (
         field == "logits" and head == "ForTokenClassification"
     )
 
@@ -184,10 +185,12 @@ def test_decisions_off_match_stock(family, head, backbone, mode):
             if is_token_level(field, head):
                 expected, actual = expected[real], actual[real]
             torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0, msg=field)
-    every_token = torch.tensor(lengths)[:, None].expand(-1, stock.config.num_hidden_layers)
+    layers = stock.config.num_hidden_layers
+    every_token = torch.tensor(lengths)[:, None].expand(-1, layers)
     assert got.kept_tokens.tolist() == got.ffn_tokens.tolist() == every_token.tolist()
+    assert got.token_layers.tolist() == got.token_ffn_layers.tolist() == (layers * real).tolist()
     if "exit_layer" in got:
-        assert (got.exit_layer == stock.config.num_hidden_layers).all()
+        assert (got.exit_layer == layers).all()
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -214,7 +217,8 @@ def test_batch_equals_each_example_alone(family, head, rule, backbone):
 @pytest.mark.parametrize("family, head", DECIDING_HEADS)
 def test_rows_processed_equal_counts(family, head, backbone):
     """The rows each layer's attention and feed-forward block run on are the reported kept_tokens / ffn_tokens:
-    packed, without padding rows, fewer at the end, none for a row after its exit."""
+    packed, without padding rows, fewer at the end, none for a row after its exit; and the per-token layer counts
+    add up to them (a dropped token never comes back)."""
     model = deciding_model(family, backbone, head)
     seen = {"attention": [], "ffn": []}
     for layer in model.base_model.encoder.layer:
@@ -233,6 +237,10 @@ def test_rows_processed_equal_counts(family, head, backbone):
     if "exit_layer" in out:
         after_exit = torch.arange(out.kept_tokens.shape[1]) >= out.exit_layer[:, None]
         assert torch.all(out.kept_tokens[after_exit] == 0) and torch.all(out.ffn_tokens[after_exit] == 0)
+    layers = torch.arange(out.kept_tokens.shape[1])
+    assert torch.equal((out.token_layers[..., None] > layers).sum(1), out.kept_tokens)
+    assert torch.equal((out.token_ffn_layers[..., None] > layers).sum(1), out.ffn_tokens)
+    assert not out.token_layers[~batch["attention_mask"].bool()].any()
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
