@@ -1,55 +1,23 @@
-"""Learned Token Pruning on the shared engine: exactness with pruning off, batch invariance, physical
-removal, attention probabilities only where a layer prunes, soft/hard training signals, threshold
-optimizer group, Hub round trip."""
-
-import json
+"""Learned Token Pruning on the shared engine: attention probabilities only where a layer prunes, thresholds,
+soft/hard training signals, the budget loss, the threshold optimizer group. The invariants every family keeps
+(exactness with pruning off, batch invariance, rows processed, edge cases, Hub round trip, Auto registration) are
+in test_invariants.py."""
 
 import pytest
 import torch
-from conftest import MIXED_LENGTHS, PAD, load_as, mixed_batch, row, run_without_tokenskim, tiny_config
-from transformers import (
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    BertModel,
-    RobertaForQuestionAnswering,
-    RobertaForSequenceClassification,
-    RobertaForTokenClassification,
-    RobertaModel,
-)
+from conftest import MIXED_LENGTHS, load_as, mixed_batch, tiny_config
+from transformers import BertForSequenceClassification
 
 import tokenskim.modeling.engine as engine_module
 from tokenskim.modeling import (
-    LTPBertConfig,
-    LTPBertForQuestionAnswering,
     LTPBertForSequenceClassification,
-    LTPBertForTokenClassification,
-    LTPBertModel,
-    LTPRobertaForQuestionAnswering,
     LTPRobertaForSequenceClassification,
-    LTPRobertaForTokenClassification,
-    LTPRobertaModel,
     keep_ratio_loss,
     ltp_parameter_groups,
     threshold_parameters,
 )
 
-STOCK_AND_OURS = {
-    "bert": [
-        (BertModel, LTPBertModel, "last_hidden_state"),
-        (BertForSequenceClassification, LTPBertForSequenceClassification, "logits"),
-        (BertForQuestionAnswering, LTPBertForQuestionAnswering, "start_logits"),
-        (BertForTokenClassification, LTPBertForTokenClassification, "logits"),
-    ],
-    "roberta": [
-        (RobertaModel, LTPRobertaModel, "last_hidden_state"),
-        (RobertaForSequenceClassification, LTPRobertaForSequenceClassification, "logits"),
-        (RobertaForQuestionAnswering, LTPRobertaForQuestionAnswering, "start_logits"),
-        (RobertaForTokenClassification, LTPRobertaForTokenClassification, "logits"),
-    ],
-}
 SEQ_CLS = {"bert": LTPBertForSequenceClassification, "roberta": LTPRobertaForSequenceClassification}
-
 
 
 def pruning_model(backbone="bert", final_threshold=0.1, **kwargs):
@@ -71,24 +39,6 @@ def count_received_calls(monkeypatch):
 
     monkeypatch.setattr(engine_module, "varlen_attention_with_received", counting)
     return calls
-
-
-@pytest.mark.parametrize("backbone", ["bert", "roberta"])
-@pytest.mark.parametrize("head", range(4))
-@pytest.mark.parametrize("mode", ["eval", "train"])
-def test_pruning_off_matches_stock(backbone, head, mode):
-    stock_cls, our_cls, field = STOCK_AND_OURS[backbone][head]
-    stock = stock_cls(tiny_config(backbone, num_labels=2 if "QuestionAnswering" in stock_cls.__name__ else 3)).eval()
-    ours = load_as(our_cls, stock, skim_enabled=False)
-    getattr(ours, mode)()
-    batch = mixed_batch([12, 5, 1, 9], pad_id=PAD[backbone])
-    with torch.no_grad():
-        want = getattr(stock(**batch), field)
-        got = getattr(ours(**batch), field)
-    if want.dim() >= 2 and want.shape[1] == batch["input_ids"].shape[1]:  # token-level: real positions only
-        real = batch["attention_mask"].bool()
-        want, got = want[real], got[real]
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 def test_zero_threshold_keeps_everything_and_computes_no_probabilities(monkeypatch):
@@ -114,37 +64,6 @@ def test_attention_probabilities_only_in_pruning_layers(monkeypatch):
     with torch.no_grad():
         model(**mixed_batch([9, 4]))
     assert calls == []
-
-
-@pytest.mark.parametrize("backbone", ["bert", "roberta"])
-def test_batch_invariance_with_pruning(backbone):
-    model = pruning_model(backbone)
-    batch = mixed_batch(MIXED_LENGTHS, pad_id=PAD[backbone])
-    with torch.no_grad():
-        out = model(**batch)
-        kept = out.kept_tokens
-        assert kept[:, -1].sum() < kept[:, 0].sum(), "the thresholds should prune something"
-        assert kept[:, 0].tolist() == MIXED_LENGTHS  # layer 0 never prunes
-        for i in range(len(MIXED_LENGTHS)):
-            alone = model(**row(batch, i))
-            torch.testing.assert_close(alone.logits[0], out.logits[i], atol=1e-5, rtol=0)
-            assert torch.equal(alone.kept_tokens[0], kept[i]) and torch.equal(alone.ffn_tokens[0], out.ffn_tokens[i])
-
-
-def test_rows_processed_equal_kept_counts():
-    model = pruning_model()
-    seen = {"attention": [], "ffn": []}
-    for layer in model.bert.encoder.layer:
-        layer.attention.self.query.register_forward_hook(lambda m, i, o: seen["attention"].append(i[0].shape[0]))
-        layer.intermediate.register_forward_hook(lambda m, i, o: seen["ffn"].append(i[0].shape[0]))
-    batch = mixed_batch(MIXED_LENGTHS, seq=40)
-    with torch.no_grad():
-        out = model(**batch)
-    assert seen["attention"] == out.kept_tokens.sum(0).tolist()
-    assert seen["ffn"] == out.ffn_tokens.sum(0).tolist()
-    assert seen["attention"][0] == sum(MIXED_LENGTHS)  # packed: no padding rows
-    assert seen["ffn"][-1] < seen["ffn"][0]  # pruned after the attention: fewer rows in the FFN
-    assert torch.all(out.ffn_tokens <= out.kept_tokens)
 
 
 def test_higher_threshold_prunes_more():
@@ -261,61 +180,6 @@ def test_bad_stage_is_an_error():
     model = pruning_model(pruning_stage="medium").train()
     with pytest.raises(ValueError, match="pruning_stage"):
         model(**mixed_batch([5, 3]))
-
-
-def test_cls_only_and_everything_pruned():
-    batch = {"input_ids": torch.tensor([[3, 4, 5], [3, 0, 0]]), "attention_mask": torch.tensor([[1, 1, 1], [1, 0, 0]])}
-    model = pruning_model(final_threshold=10.0, min_kept_tokens=0)  # all but CLS pruned after layer 1's attention
-    with torch.no_grad():
-        out = model(**batch)
-    assert torch.isfinite(out.logits).all()
-    assert out.ffn_tokens.tolist() == [[3, 1, 1], [1, 1, 1]]
-    model.train()
-    assert torch.isfinite(model(**batch, labels=torch.tensor([0, 2])).loss)
-
-
-def test_remote_code_round_trip_without_tokenskim(tmp_path):
-    model = pruning_model()
-    with torch.no_grad():
-        model.bert.selector.threshold_offsets.copy_(torch.tensor([0.0, 0.01, -0.01]))
-    model.save_pretrained(tmp_path)
-    config = json.loads((tmp_path / "config.json").read_text())
-    assert set(config["auto_map"]) == {
-        "AutoConfig", "AutoModel", "AutoModelForSequenceClassification",
-        "AutoModelForQuestionAnswering", "AutoModelForTokenClassification",
-    }
-    batch = mixed_batch([11, 4, 7, 20])
-    with torch.no_grad():
-        want = model(**batch)
-    assert want.ffn_tokens[:, -1].sum() < sum([11, 4, 7, 20])
-    code = f"""
-        import torch
-        from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
-        ids = torch.tensor({batch['input_ids'].tolist()}); mask = torch.tensor({batch['attention_mask'].tolist()})
-        m = AutoModelForSequenceClassification.from_pretrained("{tmp_path}", trust_remote_code=True).eval()
-        with torch.no_grad():
-            out = m(input_ids=ids, attention_mask=mask)
-        print(out.logits.tolist()); print(out.ffn_tokens.tolist())
-        print(type(m).__name__, m.bert.selector.threshold_offsets.tolist())
-        for auto in (AutoModel, AutoModelForTokenClassification):
-            print(type(auto.from_pretrained("{tmp_path}", trust_remote_code=True)).__name__)
-    """
-    lines = run_without_tokenskim(code).strip().splitlines()
-    torch.testing.assert_close(torch.tensor(eval(lines[0])), want.logits, atol=1e-6, rtol=0)
-    assert eval(lines[1]) == want.ffn_tokens.tolist()
-    name, offsets = lines[2].split(" ", 1)
-    assert name == "LTPBertForSequenceClassification"
-    torch.testing.assert_close(torch.tensor(eval(offsets)), torch.tensor([0.0, 0.01, -0.01]))
-    assert lines[3:] == ["LTPBertModel", "LTPBertForTokenClassification"]
-
-
-def test_local_auto_registration():
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    fields = {k: v for k, v in tiny_config().to_dict().items() if k != "model_type"}
-    config = AutoConfig.for_model("ltp-bert", **fields)
-    assert isinstance(config, LTPBertConfig)
-    assert type(AutoModelForSequenceClassification.from_config(config)) is LTPBertForSequenceClassification
 
 
 def test_budget_loss_is_the_distance_to_the_target_times_the_layers():
