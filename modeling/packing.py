@@ -212,6 +212,19 @@ def padded_attention(q, k, v, cu_seqlens, lengths, need_received: bool = False):
     SDPA is the per-sequence path's kernel, and its masked keys add exact zeros: batch and alone agree exactly
     (tests/test_transformers_compat.py), and it still beats one call per sequence below `SHORT_SEQUENCE`.
     """
+    ctx, probs, layout = _padded(q, k, v, cu_seqlens, lengths, need_probs=need_received)
+    if not need_received:
+        return ctx
+    real, lens, slot = layout
+    queries = real[:, None, :, None].to(probs.dtype)  # padded query rows do not count
+    received = (probs * queries).sum((1, 2)) / (lens[:, None] * probs.shape[1])  # [n, longest]
+    return ctx, received.flatten().index_select(0, slot)
+
+
+def _padded(q, k, v, cu_seqlens, lengths, need_probs: bool):
+    """The padded batch computation behind `padded_attention`: context `[total, heads, head_dim]`, probabilities
+    `[n, heads, longest, longest]` float32 (None unless float32 or `need_probs`; zero on padded keys) and the
+    layout `(real [n, longest] bool, lens [n], slot [total] each row's padded slot)`."""
     longest, total = max(lengths), q.shape[0]
     cu = cu_seqlens.long()
     lens = cu[1:] - cu[:-1]
@@ -220,7 +233,7 @@ def padded_attention(q, k, v, cu_seqlens, lengths, need_received: bool = False):
     rows = (cu[:-1, None] + pos).clamp(max=total - 1)  # padded slots read any real row
     qp, kp, vp = (x[rows].transpose(1, 2) for x in (q, k, v))  # [n, heads, longest, head_dim]
     probs = None
-    if q.dtype != torch.float32 and not need_received:
+    if q.dtype != torch.float32 and not need_probs:
         out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=real[:, None, None, :])
     else:
         scores = torch.matmul(qp, kp.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
@@ -229,12 +242,7 @@ def padded_attention(q, k, v, cu_seqlens, lengths, need_received: bool = False):
     out = out.transpose(1, 2).flatten(0, 1)  # [n * longest, heads, head_dim]
     row_seq = row_to_sequence(lens, total)
     slot = row_seq * longest + torch.arange(total, device=q.device) - cu[row_seq]  # each row's padded slot
-    ctx = out.index_select(0, slot)
-    if not need_received:
-        return ctx
-    queries = real[:, None, :, None].to(probs.dtype)  # padded query rows do not count
-    received = (probs * queries).sum((1, 2)) / (lens[:, None] * probs.shape[1])  # [n, longest]
-    return ctx, received.flatten().index_select(0, slot)
+    return out.index_select(0, slot), probs, (real, lens, slot)
 
 
 def _bhsd(x):
@@ -356,15 +364,25 @@ def varlen_attention_with_blocks(q, k, v, lengths, size, rank, sequence_ids):
     Returns:
         context `[total, heads, head_dim]`, `AttentionBlocks` (blocks in packed order).
     """
-    ctx, blocks = [], []
-    for probs, c in _sequence_attention(q, k, v, lengths):
-        ctx.append(c)
-        blocks.append(diagonal_blocks(probs, size))
+    cu_seqlens = lengths_to_cu(torch.as_tensor(lengths, device=q.device))
+    if q.is_cuda:  # one padded batched call, no loop over sequences
+        ctx, probs, (real, _, _) = _padded(q, k, v, cu_seqlens, lengths, need_probs=True)
+        probs = probs * real[:, None, :, None]  # padded query rows: zeros, as a short last block's missing rows
+        grid = diagonal_blocks(probs, size)  # [n, blocks of the longest, heads, size, size]
+        is_block = torch.arange(grid.shape[1], device=q.device) < (real.sum(1, keepdim=True) + size - 1) // size
+        num_blocks = sum(-(-n // size) for n in lengths)  # known on the host: no read back
+        blocks = grid.flatten(0, 1)[torch.nonzero_static(is_block.flatten(), size=num_blocks).squeeze(1)]
+    else:  # one call per sequence: faster on CPU
+        ctx, blocks = [], []
+        for probs, c in _sequence_attention(q, k, v, lengths):
+            ctx.append(c)
+            blocks.append(diagonal_blocks(probs, size))
+        ctx, blocks = torch.cat(ctx, dim=1).transpose(0, 1), torch.cat(blocks)
     row_block, block_row, block_length, block_sequence = block_layout(
         torch.as_tensor(lengths, device=q.device), size, lengths
     )
-    return torch.cat(ctx, dim=1).transpose(0, 1), AttentionBlocks(
-        probs=torch.cat(blocks),
+    return ctx, AttentionBlocks(
+        probs=blocks,
         token_block=row_block,
         sequence=sequence_ids[block_sequence],
         start=rank[block_row],

@@ -104,3 +104,24 @@ def test_padded_attention_received_matches_the_per_sequence_path():
     want_ctx, want_received = varlen_attention_with_received(q, k, v, cu, lengths)
     torch.testing.assert_close(ctx, want_ctx, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(received, want_received, atol=1e-6, rtol=1e-5)
+
+
+def test_attention_blocks_batched_path_equals_the_per_sequence_loop(monkeypatch):
+    """The CUDA path (one padded batched call) gives the per-sequence loop's context and blocks; run here on CPU by
+    making the tensors claim to be on CUDA for the dispatch only."""
+    from tokenskim.modeling import packing
+
+    torch.manual_seed(0)
+    lengths = [9, 3, 12, 1, 8]
+    total, heads, dim, size = sum(lengths), 4, 8, 4
+    q, k, v = (torch.randn(total, heads, dim) for _ in range(3))
+    rank = torch.arange(total) * 2  # any original ranks
+    sequence = torch.tensor([4, 0, 2, 1, 3])
+    loop_ctx, loop = packing.varlen_attention_with_blocks(q, k, v, lengths, size, rank, sequence)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    ctx, batched = packing.varlen_attention_with_blocks(q, k, v, lengths, size, rank, sequence)
+    monkeypatch.undo()
+    torch.testing.assert_close(ctx, loop_ctx, atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched.probs, loop.probs, atol=1e-6, rtol=0)
+    for field in ("token_block", "sequence", "start", "length"):
+        assert torch.equal(getattr(batched, field), getattr(loop, field))
