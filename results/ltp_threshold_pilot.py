@@ -6,20 +6,21 @@ within 2 points of the dense model.
 """
 import sys, torch
 from tokenskim.modeling import LTPBertForSequenceClassification, flops
-from tokenskim.trainers import bench
+from tokenskim.trainers.bench.inputs import load_bench_data, make_batches, tokenize
+from tokenskim.trainers.bench.passes import run_pass
 torch.set_num_threads(2)
 task, path = sys.argv[1], sys.argv[2]
 thetas = [float(t) for t in sys.argv[3].split(",")]
-data = bench.load_bench_data(task)
+data = load_bench_data(task)
 from transformers import AutoTokenizer
 tok = AutoTokenizer.from_pretrained(path)
-feats = bench.tokenize(tok, data, 128)
-batches = bench.make_batches(feats, 64, tok.pad_token_id)
+feats = tokenize(tok, data, 128)
+batches = make_batches(feats, 64, tok.pad_token_id)
 m = LTPBertForSequenceClassification.from_pretrained(path).eval()
 for th in thetas:
     m.config.final_threshold = th
     m.config.skim_enabled = th > 0
-    r = bench.run_pass(m, batches, len(feats))
+    r = run_pass(m, batches, len(feats))
     acc = data.metric_fn(r.predictions, data.labels)[data.metric_name]
     d = flops.dense_flops(r.lengths, m.config); o = flops.encoder_flops(r.kept_tokens, r.ffn_tokens, m.config)
     print(f"theta {th}: {data.metric_name} {acc:.4f} flops_ratio {flops.flops_ratio(d, o):.2f} kept {flops.kept_token_ratio(r.kept_tokens, r.lengths):.3f} mean_len {r.lengths.float().mean():.1f}", flush=True)
