@@ -7,8 +7,8 @@ sweep for early exit and Magic Pyramid (the paper's Table 3); and speedup by len
 >70 tokens; the paper's Figure 1). Timing uses tokenskim.trainers.bench.timing: variants interleaved batch by
 batch, medians of paired per-repeat ratios.
 
-    python results/pyramid_bench.py --task sst2 --dense D --ltp L --early-exit E --magic-pyramid M \\
-        [--tau auto --ee-tau auto] --taus 0.1,0.2,0.3,0.5,0.8 --output results/pyramid_sst2.json
+    python results/pyramid/pyramid_bench.py --task sst2 --dense D --ltp L --early-exit E --magic-pyramid M \\
+        [--tau auto --ee-tau auto] --taus 0.1,0.2,0.3,0.5,0.8 --output results/pyramid/pyramid_sst2.json
 """
 
 import argparse

@@ -1,6 +1,6 @@
-"""Markdown tables from the JSON files of `results/pyramid_bench.py` (main comparison, tau sweep, buckets).
+"""Markdown tables from the JSON files of `pyramid_bench.py` (main comparison, tau sweep, buckets).
 
-    python results/pyramid_tables.py results/pyramid_sst2.json [results/pyramid_ag_news.json ...]
+    python results/pyramid/pyramid_tables.py results/pyramid/pyramid_sst2.json [results/pyramid/pyramid_ag_news.json ...]
 """
 
 import json

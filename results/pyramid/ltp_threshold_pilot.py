@@ -1,8 +1,8 @@
 """Zero-shot pilot for LTP's final threshold: the dense fine-tune loaded as LTP with hard thresholds (no pruning
-training) on the task's evaluation split, one line per theta_L; results/pyramid_runs.sh picks the largest theta_L
+training) on the task's evaluation split, one line per theta_L; pyramid_runs.sh (this folder) picks the largest theta_L
 within 2 points of the dense model.
 
-    python results/ltp_threshold_pilot.py sst2 DENSE_DIR 0,0.01,0.02,0.04,0.06,0.08
+    python results/pyramid/ltp_threshold_pilot.py sst2 DENSE_DIR 0,0.01,0.02,0.04,0.06,0.08
 """
 import sys, torch
 from tokenskim.modeling import LTPBertForSequenceClassification, flops

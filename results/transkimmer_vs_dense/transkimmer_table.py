@@ -1,7 +1,7 @@
 """Markdown rows from the Transkimmer run folders: task metric(s), kept-token ratio, FLOPs ratio, and below the
-table the command of each row (from `NAME.cmd`, written by results/transkimmer_runs.sh and _sst2_sweep.sh).
+table the command of each row (from `NAME.cmd`, written by transkimmer_runs.sh and transkimmer_sst2_sweep.sh).
 
-    python results/transkimmer_table.py /tmp/transkimmer sst2-dense sst2-tk-c0.5 ...
+    python results/transkimmer_vs_dense/transkimmer_table.py /tmp/transkimmer sst2-dense sst2-tk-c0.5 ...
 """
 
 import json
