@@ -3,18 +3,20 @@ files (the layout of `../shared/data`, see its README) or the Hub, and the user'
 
 Everything ends as a `DatasetDict` with `train` and/or `validation` splits whose rows carry the task's
 text column(s) and label column; `tokenize` turns them into `input_ids`, `attention_mask`,
-(`token_type_ids`) and `labels`, unpadded: `collator` pads each batch to its own longest row.
+(`token_type_ids`) and `labels`, unpadded: `pad_batch` (the Trainer's `collator`, and the benchmark's batches)
+pads each batch to its own longest row.
 """
 
 import csv
 import dataclasses
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from transformers import DataCollatorWithPadding
+import torch
 
 from .errors import UsageError
 
@@ -408,9 +410,33 @@ def encode_texts(tokenizer, rows: dict, text_columns, max_length: int):
     return tokenizer(*texts, truncation=True, max_length=max_length)
 
 
+def pad_batch(features: list, pad_token_id: int, pad_to_multiple_of: int | None = None) -> dict:
+    """Unpadded rows `[{key: token list or value}]` -> one batch of tensors, right-padded to its longest row.
+
+    Token lists become `[batch, seq]` long tensors: `input_ids` padded with `pad_token_id`, the others
+    (`token_type_ids`, `attention_mask`) with 0; an absent `attention_mask` is added (1 on real tokens).
+    Per-row values (`labels`) are stacked to `[batch]`.
+    """
+    lengths = [len(f["input_ids"]) for f in features]
+    seq = max(lengths)
+    if pad_to_multiple_of:
+        seq = -(-seq // pad_to_multiple_of) * pad_to_multiple_of
+    if "attention_mask" not in features[0]:
+        features = [{**f, "attention_mask": [1] * n} for f, n in zip(features, lengths)]
+    batch = {}
+    for key in features[0]:
+        values = [f[key] for f in features]
+        if isinstance(values[0], (list, tuple)):
+            fill = pad_token_id if key == "input_ids" else 0
+            batch[key] = torch.tensor([list(v) + [fill] * (seq - len(v)) for v in values], dtype=torch.long)
+        else:
+            batch[key] = torch.tensor(values)
+    return batch
+
+
 def collator(tokenizer, pad_to_multiple_of=None):
-    """Dynamic padding: each batch is padded to its own longest row, never to `max_length`."""
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+    """Dynamic padding for `Trainer`: each batch is padded to its own longest row, never to `max_length`."""
+    return functools.partial(pad_batch, pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
 
 
 def subsample(ds: datasets.Dataset, n: int | None, seed: int = 42) -> datasets.Dataset:

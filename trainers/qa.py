@@ -5,7 +5,7 @@ Only the SQuAD v1.1 *dev* file is available offline, so its articles are split w
 training part and an evaluation part (`split_articles`): no article (paragraph, question) is shared between
 the two. Numbers are therefore not comparable to the official dev-set numbers of the paper.
 
-Usage (see results/blockskim_results.md for the commands that produced the reported numbers):
+Usage (see results/blockskim_squad/README.md for the commands that produced the reported numbers):
 
     python -m tokenskim.trainers.qa --model PATH --data /work/shared/data/squad/dev-v1.1.json \\
         --output-dir /tmp/blockskim --epochs 2 --taus 0.3 0.5 0.7

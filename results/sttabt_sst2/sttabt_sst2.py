@@ -1,6 +1,6 @@
 """STTABT on SST-2 with MiniLM-L6 (CPU, small budget): three stages, then one evaluation pass.
 
-    flock /tmp/tokenskim-heavy.lock python results/sttabt_sst2.py --output-dir /tmp/sttabt_sst2
+    flock /tmp/tokenskim-heavy.lock python results/sttabt_sst2/sttabt_sst2.py --output-dir /tmp/sttabt_sst2
 
 1. dense: fine-tune MiniLM-L6 as `STTABTBertForSequenceClassification` with `skim_enabled=False` (the engine
    keeps every token; this is also the dense baseline of the same weights).
