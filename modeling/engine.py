@@ -663,11 +663,6 @@ class SkimModel(SkimPreTrainedModel):
         )
 
 
-def _base_model_kwargs(kwargs):
-    keys = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
-    return {k: kwargs[k] for k in keys if kwargs.get(k) is not None}
-
-
 class SkimForSequenceClassification(SkimPreTrainedModel):
     """Sequence classification (or regression when `num_labels == 1`) on the CLS token.
 
