@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
-from . import data, metrics, modelcard
+from transformers import AutoTokenizer
+
+from . import data, metrics, modelcard, recipes
 from .bench.inputs import make_batches
 from .bench.timing import measure_throughput
-from .train import fine_tune, save_hub_folder
+from .train import save_hub_folder, task_config, train_stage
 
 SAMPLE_TRAIN = "sst2_train_sample.tsv"
 SAMPLE_DEV = "sst2_dev.tsv"
@@ -116,19 +118,24 @@ def run(args):
     names = metrics.metric_names(spec.name)
 
     print("\n[1/3] fine-tuning the dense baseline (stock transformers)")
-    dense_trainer, dense_results = fine_tune(
-        "dense", base, raw, spec, demo_training_args(out / "dense", args, args.epochs), max_length=args.max_length,
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenized = data.tokenize(raw, tokenizer, spec, args.max_length)
+    dense_trainer, dense_results = train_stage(
+        recipes.load_model("dense", base, **task_config(spec)), tokenizer, tokenized, spec,
+        demo_training_args(out / "dense", args, args.epochs),
     )
     save_hub_folder(dense_trainer, dense_results, spec, method="dense", base_model=base, command=command,
                     max_length=args.max_length, train_rows=raw["train"].num_rows)
 
     print("\n[2/3] fine-tuning Transkimmer from the dense model")
-    skim_trainer, skim_results = fine_tune(
-        "transkimmer", str(out / "dense"), raw, spec, demo_training_args(out / "transkimmer", args, args.skim_epochs),
-        hyperparameters={"skim_coefficient": args.skim_coefficient, "target_keep_ratio": args.target_keep_ratio,
-                         "gumbel_noise": False},
-        max_length=args.max_length, selector_learning_rate=args.selector_learning_rate,
-        skim_warmup_steps=args.skim_warmup_steps,
+    skim_model = recipes.load_model(
+        "transkimmer", str(out / "dense"), {"skim_coefficient": args.skim_coefficient,
+                                            "target_keep_ratio": args.target_keep_ratio, "gumbel_noise": False},
+        **task_config(spec),
+    )
+    skim_trainer, skim_results = train_stage(
+        skim_model, tokenizer, tokenized, spec, demo_training_args(out / "transkimmer", args, args.skim_epochs),
+        selector_learning_rate=args.selector_learning_rate, skim_warmup_steps=args.skim_warmup_steps,
     )
     save_hub_folder(skim_trainer, skim_results, spec, method="transkimmer", base_model=base, command=command,
                     max_length=args.max_length, train_rows=raw["train"].num_rows,
@@ -137,7 +144,6 @@ def run(args):
                                     "selector learning rate": args.selector_learning_rate})
 
     print("\n[3/3] timing both models on the dev set (same batches, interleaved)")
-    tokenizer = skim_trainer.processing_class
     dev = data.tokenize({"validation": raw["validation"]}, tokenizer, spec, args.max_length)["validation"]
     features = [{k: v for k, v in row.items() if k != "labels"} for row in dev]
     device = skim_trainer.model.device

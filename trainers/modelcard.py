@@ -231,14 +231,14 @@ def trainer_card_arguments(trainer, output_dir=None) -> dict:
     the task, the command, the training table."""
     from . import metrics as task_metrics
     from .evaluate import results_record
-    from .methods import method_of
+    from .recipes import method_of_class
 
     context = dict(getattr(trainer, "card_context", None) or {})
     model, args = trainer.model, trainer.args
     config = model.config
     output_dir = str(output_dir or args.output_dir)
     task = context.get("task") or getattr(config, "finetuning_task", None) or "custom"
-    method = context.get("method") or method_of(model)
+    method = context.get("method") or method_of_class(type(model))
     max_length = getattr(config, "training_max_length", None) or "?"
     if "metrics" not in context:
         results = last_evaluation(trainer)
