@@ -4,6 +4,7 @@ model card (README.md) with the real results and the command that produced them.
 
     tokenskim train --method transkimmer --model PATH_OR_NAME --task sst2 --output-dir out/ \\
         [--skim-coefficient 0.5] [--learning-rate 2e-5 --num-train-epochs 3 ... any TrainingArguments flag]
+    tokenskim train --method block-skim --model PATH --task squad --output-dir out/ [--doc-stride 128]
 
 Interrupted runs continue with `--resume-from-checkpoint auto` (or a checkpoint folder).
 """
@@ -16,9 +17,9 @@ import torch
 from transformers import AutoTokenizer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import data, metrics, methods, modelcard
+from . import data, metrics, methods, modelcard, squad
 from .errors import UsageError
-from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, tokenizer_limit
+from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, task_inputs, tokenizer_limit
 from .trainer import SkimTrainer
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def add_arguments(parser):
     add_method_arguments(parser)
     add_data_arguments(parser)
     parser.add_argument("--max-train-samples", type=int, help="train on a seeded random subset of this many rows")
+    squad.add_arguments(parser)
     from .schedules import add_schedule_arguments  # flags of the multi-stage methods
 
     add_schedule_arguments(parser)
@@ -106,6 +108,8 @@ def method_hyperparameters(args) -> dict:
 
 def task_config(spec) -> dict:
     """Config fields that make a checkpoint fit the task."""
+    if spec.is_qa:
+        return {"num_labels": spec.num_labels}
     if spec.is_regression:
         return {"num_labels": 1, "problem_type": "regression"}
     id2label = spec.id2label
@@ -128,29 +132,27 @@ def fine_tune(
     selector_learning_rate: float | None = None,
     resume_from_checkpoint=None,
     skim_warmup_steps: int = 0,
+    qa_options=None,
 ):
     """Fine-tunes and evaluates; returns `(trainer, results)` with results keyed without `eval_`.
 
     raw: DatasetDict of raw rows with `train` and `validation`; spec: its TaskSpec. Inputs are truncated to
-    `max_length` tokens; `save_hub_folder` records it as `config.training_max_length`.
+    `max_length` tokens (QA: windows of `max_length` with `qa_options`, a `squad.QAOptions`); `save_hub_folder`
+    records it as `config.training_max_length`.
     """
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-    model = methods.load_model(method, model_name_or_path, hyperparameters, **task_config(spec))
-    tokenized = data.tokenize(raw, tokenizer, spec, max_length)
+    model = methods.load_model(method, model_name_or_path, hyperparameters, spec.head, **task_config(spec))
     trainer = SkimTrainer(
         model=model,
         args=training_args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
-        data_collator=data.collator(tokenizer),
-        compute_metrics=metrics.build_compute_metrics(spec.name, spec.is_regression, spec.num_labels),
+        **task_inputs(spec, raw, tokenizer, max_length, qa_options=qa_options),
         selector_learning_rate=selector_learning_rate,
         skim_warmup_steps=skim_warmup_steps,
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     results = strip_prefix(trainer.evaluate())
-    results["num_examples"] = tokenized["validation"].num_rows
+    results["num_examples"] = raw["validation"].num_rows
     return trainer, results
 
 
@@ -162,14 +164,19 @@ def record_lengths(tokenizer, config, max_length: int):
     config.training_max_length = max_length
 
 
-def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command, max_length, train_rows, extra_training=None):
+def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command, max_length, train_rows, extra_training=None,
+                    doc_stride=None):
     """Writes weights, remote code, tokenizer, eval_results.json and README.md to the output folder.
 
     What only the command line knows goes to `trainer.card_context`, so `trainer.save_model` here and a later
     `trainer.push_to_hub()` write the same card. Call on every process (saving is collective under some
-    launchers); files come from the main one, which gets the results record back."""
+    launchers); files come from the main one, which gets the results record back. doc_stride: QA's window overlap,
+    recorded as `config.training_doc_stride` (evaluate's default)."""
     output_dir = trainer.args.output_dir
     record_lengths(trainer.processing_class, trainer.model.config, max_length)
+    stride = {"doc_stride": doc_stride} if doc_stride else {}
+    if doc_stride:  # QA: evaluate windows the contexts as in training
+        trainer.model.config.training_doc_stride = doc_stride
     trainer.model.config.finetuning_task = spec.name
     args = trainer.args
     training = {
@@ -178,22 +185,25 @@ def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command
         "epochs": args.num_train_epochs if args.max_steps <= 0 else f"{args.max_steps} steps",
         "batch size (global)": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         "max length": max_length,
+        **{k.replace("_", " "): v for k, v in stride.items()},
         "seed": args.seed,
         **{k: v for k, v in (extra_training or {}).items() if v is not None},
     }
-    record = results_record(results, output_dir, spec.name, method=method, max_length=max_length)
+    record = results_record(results, output_dir, spec.name, method=method, max_length=max_length, **stride)
     trainer.card_context = dict(
         method=method,
         base_model=str(base_model),
         task=spec.name,
-        task_description=("regression" if spec.is_regression else f"{spec.num_labels}-way classification")
+        task_description=squad.task_description(spec) if spec.is_qa
+        else ("regression" if spec.is_regression else f"{spec.num_labels}-way classification")
         + f" on {' + '.join(spec.text_columns)}",
+        head=spec.head,
         split="validation",
         metrics=record,
         metric_names=metrics.metric_names(spec.name, spec.is_regression, spec.num_labels),
         command=command,
         training=training,
-        train_description=f"{train_rows} rows",
+        train_description=f"{train_rows} {'questions' if spec.is_qa else 'rows'}",
         max_length=max_length,
     )
     trainer.save_model(output_dir)  # SkimTrainer.save_model: weights, tokenizer, eval_results.json, README.md
@@ -203,6 +213,8 @@ def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command
 def run(args):
     from . import schedules  # ltp, early-exit and magic-pyramid train in stages
 
+    head = data.get_task(args.task).head if args.task else data.SEQUENCE_CLASSIFICATION
+    methods.model_class_of(args.method, head)  # a method without the task's head fails here, before any data is read
     if args.method in schedules.SCHEDULES:
         return schedules.run(args)
     training_args = training_arguments(args)
@@ -211,19 +223,21 @@ def run(args):
         task=args.task, data_dir=args.data_dir, train_file=args.train_file, validation_file=args.validation_file,
         dataset_name=args.dataset_name, dataset_config=args.dataset_config, validation_split=args.validation_split,
         text_columns=args.text_columns, label_column=args.label_column, problem_type=args.problem_type,
+        article_split=args.article_split,
     )
     raw["train"] = data.subsample(raw["train"], args.max_train_samples, training_args.seed)
     raw["validation"] = data.subsample(raw["validation"], args.max_eval_samples, training_args.seed)
-    max_length = args.max_length or DEFAULT_MAX_LENGTH
+    max_length = args.max_length or (squad.DEFAULT_MAX_LENGTH if spec.is_qa else DEFAULT_MAX_LENGTH)
+    qa_options = squad.options_from_args(args) if spec.is_qa else None
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     trainer, results = fine_tune(
         args.method, args.model, raw, spec, training_args, hyperparameters, max_length,
-        args.selector_learning_rate, resume, args.skim_warmup_steps,
+        args.selector_learning_rate, resume, args.skim_warmup_steps, qa_options,
     )
     record = save_hub_folder(
         trainer, results, spec, method=args.method, base_model=args.model,
         command=modelcard.command_line("tokenskim train", args._parser, args), max_length=max_length,
-        train_rows=raw["train"].num_rows,
+        train_rows=raw["train"].num_rows, doc_stride=qa_options.doc_stride if qa_options else None,
         extra_training={
             **{name: getattr(trainer.model.config, name, None) for name in hyperparameters},
             "selector learning rate": args.selector_learning_rate,
