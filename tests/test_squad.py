@@ -13,7 +13,7 @@ import torch
 from test_trainer import save_tiny_checkpoint
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertTokenizerFast
 
-from tokenskim.trainers import cli, data, metrics, squad
+from tokenskim.trainers import cli, data, evaluate, metrics, squad
 from tokenskim.trainers import explain as ex
 
 # ----------------------------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ def test_train_squad_writes_a_hub_folder_whose_scores_match_a_reference(trained,
     assert config["training_max_length"] == 32 and config["training_doc_stride"] == 8
     if method != "dense":
         assert "AutoModelForQuestionAnswering" in config["auto_map"]
-    results = json.loads((out / "eval_results.json").read_text())
+    results = json.loads((out / "eval_results.json").read_text(), parse_constant=not_json)
     assert results["task"] == "squad" and results["method"] == method and results["num_examples"] == 8
     assert results["doc_stride"] == 8
     reference = reference_scores(out, squad_file)
@@ -334,6 +334,16 @@ def test_train_squad_writes_a_hub_folder_whose_scores_match_a_reference(trained,
     assert "pipeline_tag: question-answering" in card and f"| f1 | {results['f1']:.4f} |" in card
     assert f"tokenskim train --method {method}" in card and "--article-split 0.4" in card
     assert "$" not in card.split("```bash")[0]  # every placeholder filled
+
+
+def not_json(constant):
+    raise AssertionError(f"the file holds {constant}, which is not JSON")
+
+
+def test_results_stay_json_when_the_evaluation_loss_is_infinite(tmp_path):
+    # a QA model that skipped a reference answer's position gives it the lowest logit: an infinite loss
+    path = evaluate.write_results(tmp_path, {"loss": float("inf"), "f1": 50.0})
+    assert json.loads(path.read_text(), parse_constant=not_json) == {"loss": None, "f1": 50.0}
 
 
 def test_evaluate_reproduces_the_training_evaluation(trained, squad_file, tmp_path):

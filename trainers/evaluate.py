@@ -14,6 +14,7 @@ folder) to `OUT/eval_results.json`.
 import argparse
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
 
@@ -177,9 +178,12 @@ def evaluation_file(task: str, split: str) -> str:
 
 
 def write_results(output_dir, record: dict, name: str = RESULTS_FILE) -> Path:
+    """Writes `record` as JSON. A non-finite number (a QA model's evaluation loss is infinite once it skipped a
+    reference answer's position) is written as null: `Infinity` and `NaN` are not JSON."""
     path = Path(output_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
 
