@@ -5,15 +5,10 @@ these classes load back with `AutoModel*.from_pretrained(path, trust_remote_code
 tokenskim is not installed.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+from transformers import AutoConfig
 
 from .engine import (
+    FAMILIES,
     EncoderResult,
     SkimEncoder,
     SkimForQuestionAnswering,
@@ -48,11 +43,10 @@ from .early_exit import (
     ExitHeads,
     SkimForSequenceClassificationWithExits,
     exit_counts,
-    exit_head_macs,
     normalized_entropy,
     self_distillation_loss,
 )
-from .flops import dense_flops, encoder_flops, flops_ratio, kept_token_ratio
+from .flops import dense_flops, encoder_flops, exit_head_macs, flops_ratio, kept_token_ratio, model_macs
 from .ltp import (
     LTPBertConfig,
     LTPBertForQuestionAnswering,
@@ -102,49 +96,16 @@ from .transkimmer import (
     TranskimmerSelector,
 )
 
-_AUTO = {
-    "Model": AutoModel,
-    "ForSequenceClassification": AutoModelForSequenceClassification,
-    "ForQuestionAnswering": AutoModelForQuestionAnswering,
-    "ForTokenClassification": AutoModelForTokenClassification,
-}
 
 
-def _register_locally(config_class, *model_classes):
+def _register_locally():
     """With tokenskim installed, Auto classes work without trust_remote_code too."""
-    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    for cls in model_classes:
-        auto = next(a for suffix, a in _AUTO.items() if cls.__name__.endswith(suffix))
-        auto.register(config_class, cls, exist_ok=True)
+    import transformers
+
+    for config_class, classes in FAMILIES.items():
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        for auto, cls in classes.items():
+            getattr(transformers, auto).register(config_class, cls, exist_ok=True)
 
 
-_register_locally(
-    TranskimmerBertConfig, TranskimmerBertModel, TranskimmerBertForSequenceClassification,
-    TranskimmerBertForQuestionAnswering, TranskimmerBertForTokenClassification,
-)
-_register_locally(
-    TranskimmerRobertaConfig, TranskimmerRobertaModel, TranskimmerRobertaForSequenceClassification,
-    TranskimmerRobertaForQuestionAnswering, TranskimmerRobertaForTokenClassification,
-)
-
-# LTP, early exit and Magic Pyramid
-_register_locally(
-    LTPBertConfig, LTPBertModel, LTPBertForSequenceClassification, LTPBertForQuestionAnswering,
-    LTPBertForTokenClassification,
-)
-_register_locally(
-    LTPRobertaConfig, LTPRobertaModel, LTPRobertaForSequenceClassification, LTPRobertaForQuestionAnswering,
-    LTPRobertaForTokenClassification,
-)
-_register_locally(EarlyExitBertConfig, EarlyExitBertModel, EarlyExitBertForSequenceClassification)
-_register_locally(EarlyExitRobertaConfig, EarlyExitRobertaModel, EarlyExitRobertaForSequenceClassification)
-_register_locally(MagicPyramidBertConfig, MagicPyramidBertModel, MagicPyramidBertForSequenceClassification)
-_register_locally(MagicPyramidRobertaConfig, MagicPyramidRobertaModel, MagicPyramidRobertaForSequenceClassification)
-
-# STTABT
-_register_locally(STTABTBertConfig, STTABTBertModel, STTABTBertForSequenceClassification)
-_register_locally(STTABTRobertaConfig, STTABTRobertaModel, STTABTRobertaForSequenceClassification)
-
-# Block-Skim (extractive QA)
-_register_locally(BlockSkimBertConfig, BlockSkimBertModel, BlockSkimBertForQuestionAnswering)
-_register_locally(BlockSkimRobertaConfig, BlockSkimRobertaModel, BlockSkimRobertaForQuestionAnswering)
+_register_locally()

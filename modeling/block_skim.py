@@ -49,8 +49,8 @@ from .engine import (
     SkimModel,
     SkimModelOutput,
     SkimQuestionAnsweringOutput,
+    SelectorOutput,
     TokenSelector,
-    register_family,
     returns_tuple_unless_return_dict,
 )
 
@@ -211,12 +211,32 @@ def to_rank_space(positions: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, rank.gather(1, pos).squeeze(1), torch.full_like(positions, -1))
 
 
+def skipped_positions(records, real, block_size: int) -> torch.Tensor:
+    """Positions the block decisions of one forward skipped: `[batch, seq]` bool (all False in training).
+
+    records: the forward's `BlockRecord`s; real: `[batch, seq]` bool. Index arithmetic only: no value is read
+    back to the host.
+    """
+    batch, seq = real.shape
+    skipped = torch.zeros(batch, seq + block_size, dtype=torch.bool, device=real.device)
+    offsets = torch.arange(block_size, device=real.device)
+    for r in records:
+        if r.keep is None:
+            continue
+        rows = r.sequence[:, None].expand(-1, block_size).flatten()
+        cols = (r.start[:, None] + offsets).flatten()
+        dropped = ((offsets < r.length[:, None]) & ~r.keep[:, None]).flatten()
+        skipped[rows, cols] = skipped[rows, cols] | dropped  # a block's positions belong to it alone
+    rank = (real.long().cumsum(1) - 1).clamp_min(0)
+    return skipped.gather(1, rank) & real  # rank space -> padded positions
+
+
 class BlockSkimSelector(TokenSelector):
     """A `BlockPredictor` after the attention of each skim layer (see the module docstring).
 
-    Per-forward state, set by the model: `question_len` `[batch]` (protected tokens at the start of each
-    row) and `records` (one `BlockRecord` per skim layer), read back by the QA head for the block loss
-    and the skipped positions.
+    Each decision reports a `BlockRecord` (through `SelectorOutput`), which reaches the QA head in the model
+    output's `records`: the block loss and the skipped positions come from there. Blocks holding a question
+    token are protected by the model (`protected_len`), so the selector keeps no per-forward state.
     """
 
     def __init__(self, config):
@@ -224,8 +244,6 @@ class BlockSkimSelector(TokenSelector):
         self.config = config
         self.block_size = int(config.block_size)
         self.predictors = nn.ModuleDict({str(l): BlockPredictor(config) for l in skim_layer_indices(config)})
-        self.question_len = None
-        self.records = []
 
     @property
     def enabled(self) -> bool:
@@ -235,80 +253,44 @@ class BlockSkimSelector(TokenSelector):
     def loss_weight(self) -> float:
         return float(self.config.skim_coefficient)
 
-    def start(self, question_len):
-        """Resets the per-forward state; question_len `[batch]` long."""
-        self.question_len = question_len
-        self.records = []
-
     def attention_block_size(self, layer_idx):
         return self.block_size if self.enabled and str(layer_idx) in self.predictors else 0
 
     def keep_blocks(self, logits, blocks) -> torch.Tensor:
-        """P(keep) >= tau, or the block holds a question token: `[blocks]` bool."""
+        """P(keep) >= tau, or the block holds a protected (question) token: `[blocks]` bool."""
         p_keep = torch.softmax(logits, dim=-1)[:, KEEP]
-        protected = blocks.start < self.question_len[blocks.sequence]
-        return protected | (p_keep >= float(self.config.skim_threshold))
+        return blocks.protected | (p_keep >= float(self.config.skim_threshold))
 
     def after_attention(self, layer_idx, blocks, hard):
-        """blocks: `AttentionBlocks` -> keep `[...]` bool per token (inference) or None (training)."""
+        """blocks: `AttentionBlocks` -> keep `[...]` bool per token (inference) or None (training never skims),
+        with this layer's `BlockRecord`."""
         logits = self.predictors[str(layer_idx)](blocks.probs)
         keep = self.keep_blocks(logits, blocks) if hard else None
-        self.records.append(BlockRecord(layer_idx, logits, blocks.sequence, blocks.start, blocks.length, keep))
-        return keep[blocks.token_block] if hard else None  # training never skims
+        record = BlockRecord(layer_idx, logits, blocks.sequence, blocks.start, blocks.length, keep)
+        return SelectorOutput(keep[blocks.token_block] if hard else None, record)
 
-    def skipped_positions(self, real) -> torch.Tensor:
-        """Positions skipped by this forward's decisions: `[batch, seq]` bool (all False in training)."""
-        batch, seq = real.shape
-        skipped = torch.zeros(batch, seq + self.block_size, dtype=torch.bool, device=real.device)
-        offsets = torch.arange(self.block_size, device=real.device)
-        for r in self.records:  # index arithmetic only: no value is read back to the host
-            if r.keep is None:
-                continue
-            rows = r.sequence[:, None].expand(-1, self.block_size).flatten()
-            cols = (r.start[:, None] + offsets).flatten()
-            dropped = ((offsets < r.length[:, None]) & ~r.keep[:, None]).flatten()
-            skipped[rows, cols] = skipped[rows, cols] | dropped  # a block's positions belong to it alone
-        rank = (real.long().cumsum(1) - 1).clamp_min(0)
-        return skipped.gather(1, rank) & real  # rank space -> padded positions
-
-    def block_loss(self, start_positions, end_positions, real):
-        """The block loss of this forward's records (None when skimming is off)."""
-        if not self.enabled:
-            return None
-        s, e = to_rank_space(start_positions, real), to_rank_space(end_positions, real)
-        return block_skim_loss(self.records, s, e, float(self.config.balance_factor))
-
-    def predictor_macs(self, kept_tokens: torch.Tensor) -> torch.Tensor:
+    def macs(self, kept_tokens: torch.Tensor) -> torch.Tensor:
         """Exact CNN cost per example `[batch]` from the tokens in each layer's attention `[batch, layers]`:
         a skim layer scores ceil(kept / block_size) blocks of each sequence."""
         if not self.enabled or not len(self.predictors):
-            return torch.zeros(kept_tokens.shape[0], dtype=torch.float64, device=kept_tokens.device)
+            return super().macs(kept_tokens)
         per_block = next(iter(self.predictors.values())).macs_per_block()
         layers = [int(l) for l in self.predictors]
         blocks = torch.div(kept_tokens[:, layers] + self.block_size - 1, self.block_size, rounding_mode="floor")
         return blocks.double().sum(-1) * per_block
 
-    def macs_per_token(self):
-        """The CNN's cost spread over tokens: MACs per block / block size, times the share of layers that
-        predict (`encoder_flops` charges it on every layer's tokens; an approximation where layers keep
-        different counts)."""
-        if not self.enabled or not len(self.predictors):
-            return 0
-        per_block = next(iter(self.predictors.values())).macs_per_block()
-        return round(per_block / self.block_size * len(self.predictors) / self.config.num_hidden_layers)
-
 
 class BlockSkimModelMixin:
-    """Base-model forward: tells the selector where each row's question ends, then runs the engine."""
+    """Base-model forward: protects each row's question (blocks holding a question token are never skipped)."""
 
     @returns_tuple_unless_return_dict
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, return_dict=None, **kwargs) -> SkimModelOutput:
         real = self._real_tokens(input_ids, attention_mask, inputs_embeds)
-        self.selector.start(question_lengths(input_ids, token_type_ids, real, self.config))
         return super().forward(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True,
+            protected_len=question_lengths(input_ids, token_type_ids, real, self.config), **kwargs,
         )
 
 
@@ -323,10 +305,9 @@ class BlockSkimQuestionAnsweringMixin:
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs,
         )
-        selector = self.skim_model.selector
         real = self.skim_model._real_tokens(input_ids, attention_mask, inputs_embeds)
         start_logits, end_logits = (x.squeeze(-1) for x in self.qa_outputs(out.last_hidden_state).split(1, dim=-1))
-        skipped = selector.skipped_positions(real)
+        skipped = skipped_positions(out.records, real, int(self.config.block_size))
         low = torch.finfo(start_logits.dtype).min
         start_logits, end_logits = start_logits.masked_fill(skipped, low), end_logits.masked_fill(skipped, low)
         loss = skim_loss = None
@@ -334,7 +315,9 @@ class BlockSkimQuestionAnsweringMixin:
             seq = start_logits.shape[1]
             ce = CrossEntropyLoss(ignore_index=seq)
             loss = (ce(start_logits, start_positions.clamp(0, seq)) + ce(end_logits, end_positions.clamp(0, seq))) / 2
-            skim_loss = selector.block_loss(start_positions, end_positions, real)
+            if self.skim_model.skim_enabled:
+                s, e = to_rank_space(start_positions, real), to_rank_space(end_positions, real)
+                skim_loss = block_skim_loss(out.records, s, e, float(self.config.balance_factor))
         return SkimQuestionAnsweringOutput(
             loss=self._total_loss(loss, skim_loss),
             start_logits=start_logits.contiguous(),
@@ -342,6 +325,8 @@ class BlockSkimQuestionAnsweringMixin:
             skim_loss=skim_loss,
             kept_tokens=out.kept_tokens,
             ffn_tokens=out.ffn_tokens,
+            token_layers=out.token_layers,
+            token_ffn_layers=out.token_ffn_layers,
         )
 
 
@@ -370,6 +355,3 @@ class BlockSkimRobertaForQuestionAnswering(BlockSkimQuestionAnsweringMixin, Skim
 
 
 BlockSkimForQA = BlockSkimBertForQuestionAnswering
-
-register_family(BlockSkimBertConfig, [BlockSkimBertModel, BlockSkimBertForQuestionAnswering])
-register_family(BlockSkimRobertaConfig, [BlockSkimRobertaModel, BlockSkimRobertaForQuestionAnswering])

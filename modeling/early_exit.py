@@ -42,7 +42,6 @@ from .engine import (
     SkimSequenceClassifierOutput,
     TokenSelector,
     is_roberta,
-    register_family,
     returns_tuple_unless_return_dict,
 )
 
@@ -111,14 +110,6 @@ def patience_step(pred, prev_pred, streak):
 def exit_counts(exit_layer: torch.Tensor, num_layers: int) -> torch.Tensor:
     """Sequences that ran exactly 1..L layers: `[batch]` -> `[layers]` (index l counts exits after layer l + 1)."""
     return torch.bincount(exit_layer - 1, minlength=num_layers)
-
-
-def exit_head_macs(exit_layer: torch.Tensor, config) -> torch.Tensor:
-    """MACs of the exit heads evaluated for each sequence `[batch]`: one head after each layer it ran,
-    but the last layer (the final classifier). Small next to the encoder: d*d + d*N per head and sequence."""
-    d = config.hidden_size
-    heads = exit_layer.clamp(max=config.num_hidden_layers - 1).double()
-    return heads * (d * d + d * config.num_labels)
 
 
 class ExitHead(nn.Module):
@@ -254,7 +245,8 @@ class SkimForSequenceClassificationWithExits(SkimForSequenceClassification):
             loss = self._total_loss(self.task_loss(logits, labels), out.skim_loss)
         return SkimSequenceClassifierOutput(
             loss=loss, logits=logits, skim_loss=out.skim_loss, kept_tokens=out.kept_tokens,
-            ffn_tokens=out.ffn_tokens, exit_layer=out.exit_layer,
+            ffn_tokens=out.ffn_tokens, exit_layer=out.exit_layer, token_layers=out.token_layers,
+            token_ffn_layers=out.token_ffn_layers,
         )
 
 
@@ -289,7 +281,3 @@ class EarlyExitRobertaForSequenceClassification(SkimForSequenceClassificationWit
     config_class = EarlyExitRobertaConfig
     base_model_prefix = "roberta"
     base_model_class = EarlyExitRobertaModel
-
-
-register_family(EarlyExitBertConfig, [EarlyExitBertModel, EarlyExitBertForSequenceClassification])
-register_family(EarlyExitRobertaConfig, [EarlyExitRobertaModel, EarlyExitRobertaForSequenceClassification])

@@ -28,6 +28,7 @@ from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer, Be
 from transformers.models.roberta.modeling_roberta import RobertaClassificationHead, RobertaEmbeddings
 
 from .packing import (
+    AttentionBlocks,
     compact,
     first_rows,
     floor_mask,
@@ -55,15 +56,33 @@ def first_real(real: torch.Tensor) -> torch.Tensor:
     return real.to(torch.int8).argmax(1)
 
 
+@dataclass
+class SelectorOutput:
+    """A selector hook's answer when it has more to report than the keep score: `record` (anything the family's
+    loss or head needs, e.g. Block-Skim's block logits, STTABT's ApproxNet outputs) travels to the model's output
+    as one entry of `records`, in call order. Selectors keep no state between or within forward passes."""
+
+    score: torch.Tensor | None
+    record: object = None
+
+
+def split_answer(answer):
+    """A hook's answer -> `(score or None, record or None)`."""
+    if isinstance(answer, SelectorOutput):
+        return answer.score, answer.record
+    return answer, None
+
+
 class TokenSelector(nn.Module):
     """Decides which tokens stay. The default keeps every token.
 
     `before_layer` and `after_attention` return a *keep score* per token, a logit: the token stays where
-    `score >= 0` (a bool decision is also accepted and taken as it is). In training the engine turns the
-    score into a differentiable gate in [0, 1] with `gate` (straight-through or soft). The engine always
-    keeps CLS and each sequence's `min_kept_tokens` best-scored tokens, never scores padding, and makes
-    decisions cumulative: a dropped token never comes back. `loss_weight` scales `loss()` in the model's
-    total loss.
+    `score >= 0` (a bool decision is also accepted and taken as it is), or a `SelectorOutput` holding the score
+    and a record for the model's output. In training the engine turns the score into a differentiable gate in
+    [0, 1] with `gate` (straight-through or soft). The engine always keeps each row's protected tokens (CLS, or a
+    longer prefix the model names, e.g. a QA question) and each sequence's `min_kept_tokens` best-scored tokens,
+    never scores padding, and makes decisions cumulative: a dropped token never comes back. `loss_weight` scales
+    `loss()` in the model's total loss.
     """
 
     loss_weight = 0.0
@@ -77,8 +96,9 @@ class TokenSelector(nn.Module):
         """Optional: every layer's decision at once, from the whole batch before layer 0, or None.
 
         hidden: `[batch, seq, hidden]` embeddings output; real: `[batch, seq]` bool. Returns `[layers, batch, seq]`
-        in the padded layout, bool keep masks (`hard`) or final gates in [0, 1] (training); the engine then uses
-        `plan[l]` in place of `before_layer(l, ...)`, as it is (no `gate`, no `min_kept_tokens` floor).
+        in the padded layout, bool keep masks (`hard`) or final gates in [0, 1] (training), possibly inside a
+        `SelectorOutput`; the engine then uses `plan[l]` in place of `before_layer(l, ...)`, as it is (no `gate`, no
+        `min_kept_tokens` floor; protected tokens still stay).
         """
         return None
 
@@ -104,9 +124,10 @@ class TokenSelector(nn.Module):
         """Auxiliary loss from the per-layer keep masks (training mode), or None."""
         return None
 
-    def macs_per_token(self) -> int:
-        """The selector's own cost per scored token and layer (or a callable, see `flops.encoder_flops`)."""
-        return 0
+    def macs(self, kept_tokens: torch.Tensor) -> torch.Tensor:
+        """The selector's own work per example `[batch]` (MACs, float64) from the tokens that entered each layer's
+        attention `kept_tokens` `[batch, layers]`; `flops.model_macs` adds it to the encoder's."""
+        return torch.zeros(kept_tokens.shape[0], dtype=torch.float64, device=kept_tokens.device)
 
 
 KEEP_ALL = TokenSelector()  # what the engine runs with `skim_enabled=False`: no decision at all
@@ -121,6 +142,9 @@ class EncoderResult(ModelOutput):
     ffn_tokens: `[batch, layers]` real tokens that went through each layer's feed-forward block.
     exit_layer: `[batch]` number of layers each sequence ran (all of them without early exit).
     exit_logits: `[batch, labels]` logits of the sequences that exited early (other rows undefined).
+    token_layers: `[batch, seq]` layers whose attention each token entered (0 for padding).
+    token_ffn_layers: `[batch, seq]` layers whose feed-forward block each token went through.
+    records: what the selector reported beside its scores (`SelectorOutput.record`), in call order.
     masks: training mode only, per layer `[batch, seq]` cumulative keep masks (after the layer's decisions).
     layer_cls: training mode with `return_layer_cls`, `[layers, batch, hidden]` CLS state after each layer.
     """
@@ -130,8 +154,27 @@ class EncoderResult(ModelOutput):
     ffn_tokens: torch.Tensor = None
     exit_layer: torch.Tensor = None
     exit_logits: torch.Tensor = None
+    token_layers: torch.Tensor = None
+    token_ffn_layers: torch.Tensor = None
+    records: list = None
     masks: list = None
     layer_cls: torch.Tensor = None
+
+
+def protected_tokens(real: torch.Tensor, protected_len: torch.Tensor | None) -> torch.Tensor:
+    """`[batch, seq]` bool: the first `protected_len[b]` real tokens of each row (default 1: its CLS), which no
+    decision drops."""
+    rank = real.long().cumsum(1) - 1
+    limit = 1 if protected_len is None else protected_len.clamp_min(1)[:, None]
+    return (rank < limit) & real
+
+
+def mark_protected_blocks(received, protected_len):
+    """Sets `AttentionBlocks.protected` (blocks holding a protected token); other signals pass through."""
+    if isinstance(received, AttentionBlocks):
+        limit = 1 if protected_len is None else protected_len.clamp_min(1)[received.sequence]
+        received.protected = received.start < limit  # protected tokens are a prefix and never leave
+    return received
 
 
 def _split_heads(x, sa):
@@ -145,16 +188,19 @@ class SkimEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([BertLayer(config, layer_idx=i) for i in range(config.num_hidden_layers)])
 
-    def forward(self, hidden, real, selector, exit_fn=None, return_layer_cls=False):
+    def forward(self, hidden, real, selector, exit_fn=None, return_layer_cls=False, protected_len=None):
+        """hidden `[B, S, H]` embeddings output; real `[B, S]` bool; protected_len `[B]` or None (see
+        `protected_tokens`)."""
         if self.training:
-            return self.forward_masked(hidden, real, selector, return_layer_cls)
-        if is_tracing() and selector is KEEP_ALL and exit_fn is None:
+            return self.forward_masked(hidden, real, selector, return_layer_cls, protected_len)
+        if (is_tracing() or torch.compiler.is_compiling()) and selector is KEEP_ALL and exit_fn is None:
             return self.forward_dense(hidden, real)
-        return self.forward_packed(hidden, real, selector, exit_fn)
+        return self.forward_packed(hidden, real, selector, exit_fn, protected_len)
 
     def forward_dense(self, hidden, real):
         """Inference without decisions on the padded batch, as stock `transformers` runs it (SDPA with a padding
-        mask). Used while tracing: unlike the packed path, its shapes do not depend on the mask's values.
+        mask). Used while tracing or compiling: unlike the packed path, its shapes do not depend on the mask's values,
+        so `torch.export` records one graph and `torch.compile` compiles it without graph breaks.
         hidden `[B, S, H]`, real `[B, S]` bool; padding positions of the output are zeros, as in the packed path.
         """
         x = hidden
@@ -165,11 +211,15 @@ class SkimEncoder(nn.Module):
             attn = layer.attention.output(ctx.transpose(1, 2).flatten(2), x)
             x = layer.output(layer.intermediate(attn), attn)
         tokens = real.sum(1, keepdim=True).expand(-1, len(self.layer))
+        depth = real.long() * len(self.layer)
         return EncoderResult(
             last_hidden_state=x.masked_fill(~real[..., None], 0),
             kept_tokens=tokens,
             ffn_tokens=tokens,
             exit_layer=torch.full_like(tokens[:, 0], len(self.layer)),
+            token_layers=depth,
+            token_ffn_layers=depth,
+            records=[],
         )
 
     def run_layer_part(self, layer, part, *args):
@@ -190,7 +240,7 @@ class SkimEncoder(nn.Module):
 
         return pytree.tree_unflatten(list(layer._gradient_checkpointing_func(tensors_only, *args)), spec[0])
 
-    def forward_packed(self, hidden, real, selector, exit_fn=None):
+    def forward_packed(self, hidden, real, selector, exit_fn=None, protected_len=None):
         """Inference: hard decisions, physical removal. hidden `[B, S, H]`, real `[B, S]` bool.
 
         Host reads (each one a GPU synchronisation): one to pack the batch, then one per decision that may
@@ -201,12 +251,23 @@ class SkimEncoder(nn.Module):
         state = pack(real)
         x = hidden.flatten(0, 1).index_select(0, state.index)
         rank = (real.long().cumsum(1) - 1).flatten()  # position among the real tokens, for attention blocks
+        protected = protected_tokens(real, protected_len).flatten()
         out = hidden.new_zeros(batch * seq, hidden.shape[-1])
         kept = torch.zeros(batch, num_layers, dtype=torch.long, device=hidden.device)
         ffn = torch.zeros_like(kept)
+        token_layers = torch.zeros(batch * seq, dtype=torch.long, device=hidden.device)
+        token_ffn_layers = torch.zeros_like(token_layers)
         exit_layer = torch.full((batch,), num_layers, dtype=torch.long, device=hidden.device)
         exit_logits = None
-        plan = selector.plan(hidden, real, hard=True)
+        records = []
+
+        def answer(hook_output):
+            score, record = split_answer(hook_output)
+            if record is not None:
+                records.append(record)
+            return score
+
+        plan = answer(selector.plan(hidden, real, hard=True))
 
         def counts():
             cu = state.cu_seqlens
@@ -223,13 +284,15 @@ class SkimEncoder(nn.Module):
             return x.index_select(0, rows), (extra.index_select(0, rows) if extra is not None else None)
 
         def decide(score):
-            return keep_decision(score, state.row_seq, state.cu_seqlens, selector.min_kept_tokens)
+            return keep_decision(score, state.row_seq, state.cu_seqlens, selector.min_kept_tokens,
+                                 protected.index_select(0, state.index))
 
         for i, layer in enumerate(self.layer):
-            score = selector.before_layer(i, x, hard=True) if plan is None else plan[i].flatten()[state.index]
+            score = answer(selector.before_layer(i, x, hard=True)) if plan is None else plan[i].flatten()[state.index]
             if score is not None:
                 x, _ = drop(x, decide(score))
             kept[state.sequence, i] = counts()
+            token_layers.index_fill_(0, state.index, i + 1)
 
             sa = layer.attention.self
             q, k, v = (_split_heads(proj(x), sa) for proj in (sa.query, sa.key, sa.value))
@@ -243,10 +306,12 @@ class SkimEncoder(nn.Module):
                 ctx, received = varlen_attention(q, k, v, state.cu_seqlens, state.lengths), None
             attn = layer.attention.output(ctx.flatten(1), x)
 
-            score = selector.after_attention(i, received, hard=True) if received is not None else None
+            received = mark_protected_blocks(received, protected_len)
+            score = answer(selector.after_attention(i, received, hard=True)) if received is not None else None
             if score is not None:
                 x, attn = drop(x, decide(score), extra=attn)  # a token pruned here forwards its input state
             ffn[state.sequence, i] = counts()
+            token_ffn_layers.index_fill_(0, state.index, i + 1)
             x = layer.output(layer.intermediate(attn), attn)
 
             if exit_fn is not None and i < num_layers - 1:
@@ -267,45 +332,59 @@ class SkimEncoder(nn.Module):
             ffn_tokens=ffn,
             exit_layer=exit_layer,
             exit_logits=exit_logits,
+            token_layers=token_layers.view(batch, seq),
+            token_ffn_layers=token_ffn_layers.view(batch, seq),
+            records=records,
         )
 
-    def forward_masked(self, hidden, real, selector, return_layer_cls=False):
+    def forward_masked(self, hidden, real, selector, return_layer_cls=False, protected_len=None):
         """Training: soft/straight-through decisions as masks on a padded batch."""
         batch, seq, _ = hidden.shape
         x = hidden
         realf = real.to(hidden.dtype)
-        cls = F.one_hot(real.to(torch.int8).argmax(1), seq).bool()  # first real token of each row
+        protected = protected_tokens(real, protected_len)
         m = realf  # cumulative keep mask, [B, S]
-        masks, kept, ffn, layer_cls = [], [], [], []
-        plan = selector.plan(hidden, real, hard=False)
+        masks, kept, ffn, layer_cls, records = [], [], [], [], []
+        token_layers = token_ffn_layers = torch.zeros_like(real, dtype=torch.long)
+
+        def answer(hook_output):
+            score, record = split_answer(hook_output)
+            if record is not None:
+                records.append(record)
+            return score
+
+        plan = answer(selector.plan(hidden, real, hard=False))
 
         def gate(m, i, score):
-            """m times the gate of a keep score; CLS and the `min_kept_tokens` best-scored tokens stay (gate 1).
-            A bool decision is taken as it is, as in the packed path."""
+            """m times the gate of a keep score; protected tokens and the `min_kept_tokens` best-scored tokens stay
+            (gate 1). A bool decision is taken as it is, as in the packed path."""
             if score is None:
                 return m
             if score.dtype == torch.bool:
-                return m * (score | cls).to(m.dtype)
+                return m * (score | protected).to(m.dtype)
             g = selector.gate(i, score).to(m.dtype)
-            stay = cls
+            stay = protected
             if selector.min_kept_tokens > 0:
-                stay = stay | floor_mask(score, (m > 0.5) & real, cls, selector.min_kept_tokens)
+                stay = stay | floor_mask(score, (m > 0.5) & real, protected, selector.min_kept_tokens)
             return m * g.masked_fill(stay, 1.0)
 
         def gate_planned(m, g):
-            return m * torch.maximum(g.to(m.dtype), cls.to(m.dtype))  # CLS always stays
+            return m * torch.maximum(g.to(m.dtype), protected.to(m.dtype))  # protected tokens always stay
 
         for i, layer in enumerate(self.layer):
-            m = gate(m, i, selector.before_layer(i, x, hard=False)) if plan is None else gate_planned(m, plan[i])
+            m = gate(m, i, answer(selector.before_layer(i, x, hard=False))) if plan is None else gate_planned(m, plan[i])
             kept.append((m > 0.5).sum(1))
+            token_layers = token_layers + ((m > 0.5) & real)
 
             attn, received = self.run_layer_part(
                 layer, _masked_attention_block, x, m, layer, real,
                 selector.needs_received_attention(i), selector.attention_block_size(i),
             )
 
-            m = gate(m, i, selector.after_attention(i, received, hard=False) if received is not None else None)
+            received = mark_protected_blocks(received, protected_len)
+            m = gate(m, i, answer(selector.after_attention(i, received, hard=False)) if received is not None else None)
             ffn.append((m > 0.5).sum(1))
+            token_ffn_layers = token_ffn_layers + ((m > 0.5) & real)
             y = self.run_layer_part(layer, _feed_forward, attn, layer)
             w = m.unsqueeze(-1)
             x = y if m is realf else w * y + (1 - w) * x  # dropped tokens keep their last state
@@ -318,6 +397,9 @@ class SkimEncoder(nn.Module):
             kept_tokens=torch.stack(kept, 1),
             ffn_tokens=torch.stack(ffn, 1),
             exit_layer=torch.full((batch,), len(self.layer), dtype=torch.long, device=x.device),
+            token_layers=token_layers,
+            token_ffn_layers=token_ffn_layers,
+            records=records,
             masks=masks,
             layer_cls=torch.stack(layer_cls) if return_layer_cls else None,
         )
@@ -424,7 +506,8 @@ def returns_tuple_unless_return_dict(forward):
 class SkimModelOutput(ModelOutput):
     """Base model output. `last_hidden_state` is full length `[batch, seq, hidden]`; `cls_hidden_state`
     `[batch, hidden]` each row's first real token (its CLS, whatever the padding side) in the last layer;
-    `kept_tokens` and `ffn_tokens` `[batch, layers]`; `skim_loss` a scalar in training mode (None otherwise)."""
+    `kept_tokens` and `ffn_tokens` `[batch, layers]`; `skim_loss` a scalar in training mode (None otherwise);
+    `token_layers`, `token_ffn_layers` and `records` as in `EncoderResult`."""
 
     stock_fields = ("last_hidden_state", "pooler_output")
 
@@ -437,11 +520,15 @@ class SkimModelOutput(ModelOutput):
     exit_layer: torch.Tensor = None
     exit_logits: torch.Tensor = None
     layer_cls: torch.Tensor = None
+    token_layers: torch.Tensor = None
+    token_ffn_layers: torch.Tensor = None
+    records: list = None
 
 
 @dataclass
 class SkimSequenceClassifierOutput(ModelOutput):
-    """`loss` = task loss + the method's weighted auxiliary loss; `logits` `[batch, labels]`."""
+    """`loss` = task loss + the method's weighted auxiliary loss; `logits` `[batch, labels]`; the token counts as in
+    `SkimModelOutput`."""
 
     stock_fields = ("loss", "logits")
 
@@ -451,6 +538,8 @@ class SkimSequenceClassifierOutput(ModelOutput):
     kept_tokens: torch.Tensor = None
     ffn_tokens: torch.Tensor = None
     exit_layer: torch.Tensor = None
+    token_layers: torch.Tensor = None
+    token_ffn_layers: torch.Tensor = None
 
 
 @dataclass
@@ -463,6 +552,8 @@ class SkimQuestionAnsweringOutput(ModelOutput):
     skim_loss: torch.Tensor = None
     kept_tokens: torch.Tensor = None
     ffn_tokens: torch.Tensor = None
+    token_layers: torch.Tensor = None
+    token_ffn_layers: torch.Tensor = None
 
 
 @dataclass
@@ -474,23 +565,54 @@ class SkimTokenClassifierOutput(ModelOutput):
     skim_loss: torch.Tensor = None
     kept_tokens: torch.Tensor = None
     ffn_tokens: torch.Tensor = None
+    token_layers: torch.Tensor = None
+    token_ffn_layers: torch.Tensor = None
 
 
 def is_roberta(config) -> bool:
     return isinstance(config, RobertaConfig)
 
 
+AUTO_CLASS_OF_HEAD = {
+    "Model": "AutoModel",
+    "ForSequenceClassification": "AutoModelForSequenceClassification",
+    "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+    "ForTokenClassification": "AutoModelForTokenClassification",
+}
+
+FAMILIES: dict = {}  # config class -> {Auto class name: model class}, filled as the family classes are defined
+
+
+def family_auto_map(config_class) -> dict:
+    """The `auto_map` a family's checkpoints carry: AutoConfig and every Auto class of the family's heads, so a
+    saved folder loads back with `trust_remote_code=True`."""
+    name = lambda c: f"{c.__module__.split('.')[-1]}.{c.__name__}"  # noqa: E731  (module file.class in the folder)
+    return {"AutoConfig": name(config_class), **{auto: name(c) for auto, c in FAMILIES.get(config_class, {}).items()}}
+
+
 class SkimPreTrainedModel(PreTrainedModel):
     """Weight init, Hub plumbing and the selector factory shared by every tokenskim model.
 
-    A family subclass sets `config_class`, `base_model_prefix` ("bert" or "roberta"), `selector_class`
-    and, through `register_family`, the auto classes its checkpoints map to.
+    A family class sets `config_class`, `base_model_prefix` ("bert" or "roberta") and `selector_class` (or
+    `base_model_class` for a head); defining it registers it for the Auto class its name ends with
+    (`...Model`, `...ForSequenceClassification`, ...; see `AUTO_CLASS_OF_HEAD`), once, here.
     """
 
     selector_class = TokenSelector
     supports_gradient_checkpointing = True  # the training loop checkpoints each layer's parts (SkimEncoder)
     accepts_loss_kwargs = False  # our loss is a mean; Trainer must not rescale it
-    _family_auto_map: dict = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        config_class = cls.__dict__.get("config_class")
+        auto = next((a for suffix, a in AUTO_CLASS_OF_HEAD.items() if cls.__name__.endswith(suffix)), None)
+        # family classes are the ones this package defines with their own config class (not the shared bases, not
+        # a user's subclass elsewhere, which keeps its parent's registration)
+        if config_class is None or auto is None or cls.__module__.rpartition(".")[0] != __name__.rpartition(".")[0]:
+            return
+        config_class.register_for_auto_class("AutoConfig")
+        cls.register_for_auto_class(auto)
+        FAMILIES.setdefault(config_class, {})[auto] = cls
 
     def __init__(self, config, *args, **kwargs):
         if config.hidden_size % config.num_attention_heads != 0:
@@ -499,7 +621,7 @@ class SkimPreTrainedModel(PreTrainedModel):
                 f"({config.num_attention_heads})"
             )
         config.model_type = type(config).model_type  # a plain BERT config loaded into our class
-        config.auto_map = dict(self._family_auto_map)
+        config.auto_map = family_auto_map(type(self).config_class)
         super().__init__(config, *args, **kwargs)
 
     @torch.no_grad()
@@ -621,6 +743,7 @@ class SkimModel(SkimPreTrainedModel):
         inputs_embeds=None,
         exit_fn=None,
         return_layer_cls=False,
+        protected_len=None,
         output_attentions=False,
         output_hidden_states=False,
         return_dict=None,
@@ -631,6 +754,8 @@ class SkimModel(SkimPreTrainedModel):
         attention_mask: `[batch, seq]`, 1 for real tokens, 0 for padding (either side); None: all real.
         exit_fn: the early-exit rule of the heads that have one (see `SkimEncoder.forward_packed`).
         return_layer_cls: training mode, also return each layer's CLS states (self-distillation).
+        protected_len: `[batch]` the first `protected_len[b]` real tokens of row b are never dropped (a QA question);
+            None: CLS only.
         """
         if output_attentions or output_hidden_states:
             raise ValueError("tokenskim models do not return per-layer attentions or hidden states")
@@ -648,7 +773,8 @@ class SkimModel(SkimPreTrainedModel):
                 "tracing (torch.export, torch.jit.trace) supports tokenskim's pruning-off path only: "
                 "token drops and exits change shapes with the data. Set config.skim_enabled = False first."
             )
-        enc = self.encoder(hidden, real, selector, exit_fn=exit_fn, return_layer_cls=return_layer_cls)
+        enc = self.encoder(hidden, real, selector, exit_fn=exit_fn, return_layer_cls=return_layer_cls,
+                           protected_len=protected_len)
         cls = enc.last_hidden_state[torch.arange(len(first), device=first.device), first]
         return SkimModelOutput(
             last_hidden_state=enc.last_hidden_state,
@@ -660,12 +786,10 @@ class SkimModel(SkimPreTrainedModel):
             exit_layer=enc.exit_layer,
             exit_logits=enc.exit_logits,
             layer_cls=enc.layer_cls,
+            token_layers=enc.token_layers,
+            token_ffn_layers=enc.token_ffn_layers,
+            records=enc.records,
         )
-
-
-def _base_model_kwargs(kwargs):
-    keys = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "inputs_embeds")
-    return {k: kwargs[k] for k in keys if kwargs.get(k) is not None}
 
 
 class SkimForSequenceClassification(SkimPreTrainedModel):
@@ -727,6 +851,8 @@ class SkimForSequenceClassification(SkimPreTrainedModel):
             skim_loss=out.skim_loss,
             kept_tokens=out.kept_tokens,
             ffn_tokens=out.ffn_tokens,
+            token_layers=out.token_layers,
+            token_ffn_layers=out.token_ffn_layers,
             exit_layer=out.exit_layer,
         )
 
@@ -763,6 +889,8 @@ class SkimForQuestionAnswering(SkimPreTrainedModel):
             skim_loss=out.skim_loss,
             kept_tokens=out.kept_tokens,
             ffn_tokens=out.ffn_tokens,
+            token_layers=out.token_layers,
+            token_ffn_layers=out.token_ffn_layers,
         )
 
 
@@ -797,28 +925,6 @@ class SkimForTokenClassification(SkimPreTrainedModel):
             skim_loss=out.skim_loss,
             kept_tokens=out.kept_tokens,
             ffn_tokens=out.ffn_tokens,
+            token_layers=out.token_layers,
+            token_ffn_layers=out.token_ffn_layers,
         )
-
-
-AUTO_CLASS_OF_HEAD = {
-    "Model": "AutoModel",
-    "ForSequenceClassification": "AutoModelForSequenceClassification",
-    "ForQuestionAnswering": "AutoModelForQuestionAnswering",
-    "ForTokenClassification": "AutoModelForTokenClassification",
-}
-
-
-def register_family(config_class, model_classes):
-    """Registers a family's classes for their Auto classes, so `save_pretrained` writes an `auto_map`
-    with AutoConfig, AutoModel and every head, and the checkpoint loads with `trust_remote_code=True`.
-
-    model_classes: the family's classes for one backbone, named `...Model` / `...For<Head>`.
-    """
-    config_class.register_for_auto_class("AutoConfig")
-    auto_map = {"AutoConfig": f"{config_class.__module__.split('.')[-1]}.{config_class.__name__}"}
-    for cls in model_classes:
-        auto = next(a for suffix, a in AUTO_CLASS_OF_HEAD.items() if cls.__name__.endswith(suffix))
-        cls.register_for_auto_class(auto)
-        auto_map[auto] = f"{cls.__module__.split('.')[-1]}.{cls.__name__}"
-    for cls in model_classes:
-        cls._family_auto_map = auto_map

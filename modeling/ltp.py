@@ -41,7 +41,6 @@ from .engine import (
     TokenSelector,
     budget_loss,
     keep_ratio_loss,
-    register_family,
 )
 
 PRUNING_STAGES = ("soft", "hard")
@@ -247,14 +246,3 @@ class LTPRobertaForTokenClassification(SkimForTokenClassification):
     config_class = LTPRobertaConfig
     base_model_prefix = "roberta"
     base_model_class = LTPRobertaModel
-
-
-register_family(
-    LTPBertConfig,
-    [LTPBertModel, LTPBertForSequenceClassification, LTPBertForQuestionAnswering, LTPBertForTokenClassification],
-)
-register_family(
-    LTPRobertaConfig,
-    [LTPRobertaModel, LTPRobertaForSequenceClassification, LTPRobertaForQuestionAnswering,
-     LTPRobertaForTokenClassification],
-)

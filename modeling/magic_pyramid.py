@@ -13,7 +13,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import BertConfig, RobertaConfig
 
 from .early_exit import ExitFields, SkimForSequenceClassificationWithExits
-from .engine import SkimModel, register_family
+from .engine import SkimModel
 from .ltp import LTPFields, LTPSelector
 
 
@@ -56,6 +56,3 @@ class MagicPyramidRobertaForSequenceClassification(SkimForSequenceClassification
 
 
 MagicPyramidBert = MagicPyramidBertForSequenceClassification
-
-register_family(MagicPyramidBertConfig, [MagicPyramidBertModel, MagicPyramidBertForSequenceClassification])
-register_family(MagicPyramidRobertaConfig, [MagicPyramidRobertaModel, MagicPyramidRobertaForSequenceClassification])

@@ -124,21 +124,25 @@ def rank_in_sequence(score: torch.Tensor, row_seq: torch.Tensor, cu_seqlens: tor
     return rank
 
 
-def keep_decision(score: torch.Tensor, row_seq: torch.Tensor, cu_seqlens: torch.Tensor, min_kept: int = 0):
-    """Which rows of a packed batch stay: `score >= 0`, each sequence's first row (CLS), and each
-    sequence's `min_kept` best-scored rows (CLS counted), so short inputs keep a few tokens.
+def keep_decision(score: torch.Tensor, row_seq: torch.Tensor, cu_seqlens: torch.Tensor, min_kept: int = 0,
+                  protected: torch.Tensor | None = None):
+    """Which rows of a packed batch stay: `score >= 0`, the protected rows (by default each sequence's first
+    row, its CLS), and each sequence's `min_kept` best-scored rows (protected rows counted), so short inputs keep
+    a few tokens.
 
     Args:
-        score: `[total]` keep score (a logit: >= 0 keeps), or a bool decision taken as it is (CLS added).
+        score: `[total]` keep score (a logit: >= 0 keeps), or a bool decision taken as it is (protected rows added).
         row_seq: `[total]` sequence of each row; cu_seqlens: `[n + 1]` offsets.
+        protected: `[total]` bool rows that always stay, or None for each sequence's first row.
 
     Returns:
         `[total]` bool.
     """
-    first = first_rows(cu_seqlens)
+    if protected is None:
+        protected = torch.zeros_like(row_seq, dtype=torch.bool).index_fill(0, first_rows(cu_seqlens), True)
     if score.dtype == torch.bool:
-        return score.index_fill(0, first, True)
-    score = score.float().index_fill(0, first, float("inf"))
+        return score | protected
+    score = score.float().masked_fill(protected, float("inf"))
     keep = score >= 0
     if min_kept > 0:
         keep |= rank_in_sequence(score, row_seq, cu_seqlens) < min_kept
@@ -272,6 +276,7 @@ class AttentionBlocks:
     start: `[blocks]` position of each block's first token among its sequence's real tokens (the
         original position for right-padded input, whatever was dropped before).
     length: `[blocks]` tokens in each block, `size` but for a sequence's last block.
+    protected: `[blocks]` bool, blocks holding a token no decision may drop (set by the engine).
     """
 
     probs: torch.Tensor
@@ -279,6 +284,7 @@ class AttentionBlocks:
     sequence: torch.Tensor
     start: torch.Tensor
     length: torch.Tensor
+    protected: torch.Tensor = None
 
 
 # a pytree node, so (reentrant) activation checkpointing sees its tensors

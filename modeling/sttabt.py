@@ -28,7 +28,7 @@ Choices and differences from the paper / reference code, on purpose:
   at layer 1 (the paper also back-tracks through the first layer and drops input tokens). ApproxNet has
   already paid for every token at that point; in exchange `kept_tokens[:, 0]` is each sequence's real
   length, which lets the FLOPs accounting charge ApproxNet's (quadratic) cost exactly through
-  `macs_per_token` without any other input.
+  `STTABTSelector.macs` without any other input.
 - Importance never decreases going down for tokens already kept (`s_l >= s_{l+1}` on kept tokens): a kept
   token's own state is needed below through the residual path. Without this, CLS would carry only its
   self-attention weight into lower layers.
@@ -56,9 +56,9 @@ from .engine import (
     SkimModel,
     SkimModelOutput,
     SkimSequenceClassifierOutput,
+    SelectorOutput,
     TokenSelector,
     first_real,
-    register_family,
     returns_tuple_unless_return_dict,
 )
 from .flops import layer_macs
@@ -354,8 +354,8 @@ def prediction_kl(teacher_logits, student_logits):
 
 
 @dataclass
-class _TrainingBatch:
-    """What `plan` saw in training, for the distillation terms of the same forward pass."""
+class DistillationInputs:
+    """What `plan` saw in training, for the distillation terms of the same forward pass (its record)."""
 
     hidden: torch.Tensor
     real: torch.Tensor
@@ -376,7 +376,6 @@ class STTABTSelector(TokenSelector):
         self.config = config
         self.approx = ApproxNet(config)
         self.keep_logits = nn.Parameter(torch.full((config.num_hidden_layers,), float(config.keep_logit_init)))
-        self._batch = None
 
     def init_skim_weights(self, init):
         init.constant_(self.keep_logits, float(self.config.keep_logit_init))
@@ -386,13 +385,14 @@ class STTABTSelector(TokenSelector):
         return bool(self.config.skim_enabled)
 
     def plan(self, hidden, real, hard):
-        """`[L, B, S]` gates: bool keep masks (inference) or Concrete gates (training); None when disabled."""
+        """`[L, B, S]` gates: bool keep masks (inference) or Concrete gates (training); None when disabled. In
+        training the gates come with a `DistillationInputs` record for the distillation terms."""
         if not self.enabled:
             return None
         approx = self.approx(hidden, real, keep_all=self.training)
         masks, _ = back_track(approx.attention, real, self.keep_logits, float(self.config.concrete_temperature), hard)
-        self._batch = _TrainingBatch(hidden, real, approx) if self.training else None
-        return masks_to_gates(masks, hard)
+        gates = masks_to_gates(masks, hard)
+        return SelectorOutput(gates, DistillationInputs(hidden, real, approx)) if self.training else gates
 
     def loss(self, masks, real):
         """The keep-ratio term over the layers that can prune (1..L-1), real tokens only, weighted."""
@@ -410,25 +410,19 @@ class STTABTSelector(TokenSelector):
         weights = (c.attention_distill_weight, c.hidden_distill_weight, c.prediction_distill_weight)
         return any(float(w) > 0 for w in weights) and any(p.requires_grad for p in self.approx.parameters())
 
-    def pop_training_batch(self):
-        batch, self._batch = self._batch, None
-        return batch
-
-    def distillation_loss(self, batch: _TrainingBatch, teacher_probs, teacher_states):
+    def distillation_loss(self, batch: DistillationInputs, teacher_probs, teacher_states):
         """Weighted attention KL + hidden-state MSE of ApproxNet against the dense main model."""
         c, approx = self.config, batch.approx
         loss = float(c.attention_distill_weight) * attention_kl(teacher_probs, approx.head_probs, batch.real)
         projected = self.approx.hidden_proj(approx.hidden_states)  # [L, total, d]
         return loss + float(c.hidden_distill_weight) * hidden_mse(teacher_states.flatten(1, 2)[:, approx.rows], projected)
 
-    def macs_per_token(self):
-        """ApproxNet's cost is not per kept token: it runs once over every real token. Returns a callable
-        `kept_tokens [batch, layers] -> [batch]` MACs for `flops.encoder_flops` (0 when disabled)."""
-        return self.approx_macs if self.enabled else 0
-
-    def approx_macs(self, kept_tokens):
+    def macs(self, kept_tokens):
         """MACs per example `[batch]` of what `plan` computes at inference, from `kept_tokens[:, 0]` (layer 0
-        keeps every real token): down-projection, ApproxNet's layers, head averaging and back-tracking."""
+        keeps every real token): down-projection, ApproxNet's layers, head averaging and back-tracking. ApproxNet
+        runs once over every real token, whatever the main encoder keeps."""
+        if not self.enabled:
+            return super().macs(kept_tokens)
         n = kept_tokens[:, 0].double()
         small, num_layers = self.approx.layer[0], len(self.approx.layer)
         d_a, f_a = small.intermediate.dense.in_features, small.intermediate.dense.out_features
@@ -461,7 +455,7 @@ class STTABTModelMixin:
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs,
         ))
-        batch = self.selector.pop_training_batch()
+        batch = next((r for r in out.records or () if isinstance(r, DistillationInputs)), None)
         if batch is None or not self.selector.distills:
             return out
         teacher_probs, teacher_states = dense_teacher(self.encoder.layer, batch.hidden.detach(), batch.real)
@@ -498,6 +492,8 @@ class STTABTForSequenceClassificationMixin:
             skim_loss=skim_loss,
             kept_tokens=out.kept_tokens,
             ffn_tokens=out.ffn_tokens,
+            token_layers=out.token_layers,
+            token_ffn_layers=out.token_ffn_layers,
             exit_layer=out.exit_layer,
         )
 
@@ -524,7 +520,3 @@ class STTABTRobertaForSequenceClassification(STTABTForSequenceClassificationMixi
     config_class = STTABTRobertaConfig
     base_model_prefix = "roberta"
     base_model_class = STTABTRobertaModel
-
-
-register_family(STTABTBertConfig, [STTABTBertModel, STTABTBertForSequenceClassification])
-register_family(STTABTRobertaConfig, [STTABTRobertaModel, STTABTRobertaForSequenceClassification])

@@ -35,7 +35,6 @@ from .engine import (
     TokenSelector,
     budget_loss,
     keep_ratio_loss,
-    register_family,
 )
 
 
@@ -167,11 +166,12 @@ class TranskimmerSelector(TokenSelector):
             return keep_ratio_loss(masks, real)
         return budget_loss(masks, real, float(target), self.min_kept_tokens)
 
-    def macs_per_token(self):
+    def macs(self, kept_tokens):
+        """The predictors' two Linear layers (d*d + 2d MACs a token), charged on the tokens each layer kept."""
         if not self.enabled:
-            return 0
+            return super().macs(kept_tokens)
         d = self.config.hidden_size
-        return d * d + 2 * d  # the two Linear layers of the predictor
+        return (d * d + 2 * d) * kept_tokens.double().sum(-1)
 
 
 class TranskimmerBertModel(SkimModel):
@@ -220,15 +220,3 @@ class TranskimmerRobertaForTokenClassification(SkimForTokenClassification):
     config_class = TranskimmerRobertaConfig
     base_model_prefix = "roberta"
     base_model_class = TranskimmerRobertaModel
-
-
-register_family(
-    TranskimmerBertConfig,
-    [TranskimmerBertModel, TranskimmerBertForSequenceClassification, TranskimmerBertForQuestionAnswering,
-     TranskimmerBertForTokenClassification],
-)
-register_family(
-    TranskimmerRobertaConfig,
-    [TranskimmerRobertaModel, TranskimmerRobertaForSequenceClassification, TranskimmerRobertaForQuestionAnswering,
-     TranskimmerRobertaForTokenClassification],
-)

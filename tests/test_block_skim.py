@@ -60,8 +60,8 @@ def skimming_model(backbone="bert", tau=None, **fields):
                 torch.nn.init.normal_(conv.weight, std=1.0)
             torch.nn.init.normal_(predictor.classifier.weight, std=0.5)
         if tau is None:
-            model(**qa_batch(MIXED_LENGTHS, backbone, seed=5))
-            tau = torch.softmax(model.skim_model.selector.records[0].logits, -1)[:, 1].median().item()
+            records = model.skim_model(**qa_batch(MIXED_LENGTHS, backbone, seed=5)).records
+            tau = torch.softmax(records[0].logits, -1)[:, 1].median().item()
     model.config.skim_threshold = tau
     return model
 
@@ -150,7 +150,7 @@ def test_block_labels_and_loss_ignore_padding():
     start, end = torch.tensor([12, 5, 0]), torch.tensor([12, 6, 0])  # last token of row 0 (a partial block)
     tight, padded = qa_batch(lengths), qa_batch(lengths, seq=40)
     loss_tight = model(**tight, start_positions=start, end_positions=end).skim_loss
-    records = model.bert.selector.records
+    records = model.bert(**tight).records  # what the QA head reads its block loss from
     assert [r.layer for r in records] == [0, 1]
     # blocks of real tokens only: ceil(13/4) + ceil(7/4) + ceil(10/4) per skim layer
     assert records[0].length.tolist() == [4, 4, 4, 1, 4, 3, 4, 4, 2]
@@ -302,8 +302,9 @@ def test_config_checks():
     default = BlockSkimBertForQuestionAnswering(config(skim_layers=None))
     assert sorted(default.bert.selector.predictors) == ["0", "1"]  # every layer but the last
     selector = default.bert.selector
-    assert selector.macs_per_token() > 0
     per_block = selector.predictors["0"].macs_per_block()
     assert per_block == 4 * 4 * 9 * (16 + 4) + 2 * 4 * 1 * 1  # heads 4, block 4: two convs and Linear(4, 2)
     kept = torch.tensor([[9, 4, 4], [3, 3, 1]])  # layers 0 and 1 score ceil(kept / 4) blocks
-    assert selector.predictor_macs(kept).tolist() == [(3 + 1) * per_block, (1 + 1) * per_block]
+    assert selector.macs(kept).tolist() == [(3 + 1) * per_block, (1 + 1) * per_block]
+    default.config.skim_enabled = False
+    assert selector.macs(kept).tolist() == [0, 0]

@@ -19,6 +19,7 @@ from tokenskim.modeling import (
     encoder_flops,
     exit_counts,
     exit_head_macs,
+    model_macs,
     normalized_entropy,
     self_distillation_loss,
 )
@@ -249,6 +250,9 @@ def test_flops_of_exited_sequences():
     heads = exit_head_macs(out.exit_layer, model.config)
     assert torch.all(heads <= 2 * (32 * 32 + 32 * 3))
     assert heads.sum() < 0.05 * ours.sum()  # small next to the encoder even in this tiny model
+    torch.testing.assert_close(model_macs(model, out.kept_tokens, out.ffn_tokens, out.exit_layer), ours + heads)
+    model.config.exit_enabled = False  # no exit head evaluated
+    torch.testing.assert_close(model_macs(model, out.kept_tokens, out.ffn_tokens, out.exit_layer), ours)
 
 
 def test_remote_code_round_trip_without_tokenskim(tmp_path):

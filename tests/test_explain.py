@@ -10,27 +10,24 @@ from test_bench import _one_thread, make_checkpoint  # noqa: F401  (autouse fixt
 from tokenskim.trainers import explain as ex
 
 
-def test_drop_layers_follows_the_engine_rules():
-    # 6 tokens, 3 layers. Layer 0 (before): drop 2 and 4; CLS is kept even when the selector says no.
-    decisions = [
-        (0, ex.BEFORE, [False, True, False, True, False, True]),
-        (1, ex.BEFORE, [True, True, False, True]),  # alive now: 0, 1, 3, 5 -> drop 3
-        (1, ex.AFTER, [True, False, True]),  # alive: 0, 1, 5 -> token 1 leaves after layer 1's attention
-        (2, ex.BEFORE, [True, True]),
-    ]
-    d = ex.drop_layers(decisions, 6, 3)
+def test_drop_layers_reads_the_layers_each_token_went_through():
+    # 6 tokens, 3 layers: tokens 2 and 4 skip layer 0, token 3 skips layer 1, token 1 leaves after layer 1's
+    # attention, CLS and token 5 go through everything
+    attention = [3, 2, 0, 1, 0, 3]
+    ffn = [3, 1, 0, 1, 0, 3]
+    d = ex.drop_layers(attention, ffn, 3)
     assert d.layer == [3, 1, 0, 1, 0, 3]
     assert d.stage == ["kept", ex.AFTER, ex.BEFORE, ex.BEFORE, ex.BEFORE, "kept"]
-    attn, ffn = ex.counts_from_drops(d, 3)
-    assert attn == [4, 3, 2] and ffn == [4, 2, 2]
 
 
 def test_drop_layers_with_early_exit_and_bad_input():
-    d = ex.drop_layers([(0, ex.BEFORE, torch.tensor([True, False, True]))], 3, 4, exit_layer=2)
+    d = ex.drop_layers([2, 0, 2], [2, 0, 2], 4, exit_layer=2)
     assert d.layer == [2, 0, 2] and d.stage == ["exit", ex.BEFORE, "exit"]
-    with pytest.raises(ValueError, match="alive tokens"):
-        ex.drop_layers([(0, ex.BEFORE, [True, False])], 3, 2)
-    assert ex.drop_layers([], 2, 2).layer == [2, 2]
+    with pytest.raises(ValueError, match="cannot enter"):
+        ex.drop_layers([3, 1], [1, 1], 3)  # two layers' attention without their feed-forward blocks
+    with pytest.raises(ValueError, match="counts"):
+        ex.drop_layers([1, 1], [1], 2)
+    assert ex.drop_layers([], [], 2).layer == []
 
 
 def test_explain_matches_the_models_counts_and_writes_files(tmp_path):
@@ -43,7 +40,6 @@ def test_explain_matches_the_models_counts_and_writes_files(tmp_path):
     assert any(layer < e.num_layers for layer in e.drop_layer)  # the random predictors drop some tokens
     kept = sum(min(layer, e.num_layers) for layer in e.drop_layer) / (len(e.tokens) * e.num_layers)
     assert e.kept_token_ratio == pytest.approx(kept)
-    # the selector is left as it was
     from transformers import AutoModelForSequenceClassification
 
     html = (tmp_path / "out" / "explain.html").read_text()
@@ -51,10 +47,38 @@ def test_explain_matches_the_models_counts_and_writes_files(tmp_path):
     assert all(p.endswith(".png") for p in res["files"]["png"]) and len(res["files"]["png"]) == 2
     js = json.loads((tmp_path / "out" / "explain.json").read_text())
     assert js["explanations"][1]["tokens"] == ["[CLS]", "w1", "w2", "[SEP]"]
-    model = AutoModelForSequenceClassification.from_pretrained(ck, trust_remote_code=True)
-    with ex.record_decisions(model.skim_model.selector) as log:
-        pass
-    assert log == [] and "before_layer" not in model.skim_model.selector.__dict__
+    # the drops agree with the model's own per-layer counts
+    from transformers import AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(ck, trust_remote_code=True).eval()
+    with torch.inference_mode():
+        out = model(**AutoTokenizer.from_pretrained(ck)(words, return_tensors="pt"))
+    assert counts_from_drops(e) == (out.kept_tokens[0].tolist(), out.ffn_tokens[0].tolist())
+
+
+def counts_from_drops(e):
+    """Tokens entering each layer's attention and feed-forward block, rebuilt from an explanation's drops."""
+    after = [stage == ex.AFTER for stage in e.drop_stage]
+    attention = [sum(layer > i or (layer == i and a) for layer, a in zip(e.drop_layer, after)) for i in range(e.num_layers)]
+    return attention, [sum(layer > i for layer in e.drop_layer) for i in range(e.num_layers)]
+
+
+def test_explain_reads_planned_decisions(tmp_path):
+    """STTABT decides every layer up front (`plan`), which the explanation shows."""
+    from test_sttabt import skimming_model
+    from transformers import BertTokenizerFast
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(115)]) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    torch.manual_seed(0)
+    model = skimming_model()
+    text = " ".join(f"w{i}" for i in range(3, 30))
+    e = ex.explain_text(model, tokenizer, text)
+    with torch.inference_mode():
+        out = model(**tokenizer(text, return_tensors="pt"))
+    assert any(layer < e.num_layers for layer in e.drop_layer)  # the plan dropped tokens
+    assert counts_from_drops(e) == (out.kept_tokens[0].tolist(), out.ffn_tokens[0].tolist())
 
 
 def test_explain_rejects_a_model_that_drops_nothing(tmp_path):

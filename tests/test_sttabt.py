@@ -16,8 +16,10 @@ from tokenskim.modeling import (
     STTABTRobertaForSequenceClassification,
     STTABTRobertaModel,
     encoder_flops,
+    model_macs,
 )
 from tokenskim.modeling.flops import layer_macs
+from tokenskim.modeling.engine import SelectorOutput
 from tokenskim.modeling.sttabt import back_track
 
 STOCK_AND_OURS = {
@@ -155,7 +157,11 @@ def test_packed_inference_equals_masked_path_with_hard_decisions():
     with torch.no_grad():
         packed = model(**batch).logits
         plan = selector.plan
-        selector.plan = lambda hidden, real, hard: plan(hidden, real, hard=True).float()
+        def hard_gates(hidden, real, hard):
+            answer = plan(hidden, real, hard=True)  # in training: the gates with their distillation record
+            return SelectorOutput(answer.score.float(), answer.record)
+
+        selector.plan = hard_gates
         model.train()
         masked = model(**batch).logits
     torch.testing.assert_close(masked, packed, atol=1e-5, rtol=0)
@@ -228,9 +234,10 @@ def test_flops_charge_approxnet_once_per_real_token():
     approx = d * d_a * n + layers * layer_macs(n, n, d_a, f_a) + (layers * heads + layers - 1) * n * n
     selector = model.bert.selector
     main = encoder_flops(kept, kept, model.config)
-    torch.testing.assert_close(encoder_flops(kept, kept, model.config, selector.macs_per_token()), main + approx)
+    torch.testing.assert_close(model_macs(model, kept, kept), main + approx)
+    torch.testing.assert_close(selector.macs(kept), approx)
     model.config.skim_enabled = False
-    assert selector.macs_per_token() == 0
+    assert not selector.macs(kept).any() and model_macs(model, kept, kept).equal(main)
 
 
 def test_bad_approx_factor():

@@ -290,10 +290,8 @@ def accounting(model, result: PassResult) -> dict:
     """Kept-token ratio, analytic FLOPs ratio and per-layer keep rates from a pass (real tokens only)."""
     from tokenskim.modeling import flops
 
-    config = model.config
-    selector_macs = model.skim_model.selector.macs_per_token() if is_tokenskim(model) else 0
-    dense = flops.dense_flops(result.lengths, config)
-    ours = flops.encoder_flops(result.kept_tokens, result.ffn_tokens, config, selector_macs)
+    dense = flops.dense_flops(result.lengths, model.config)
+    ours = flops.model_macs(model, result.kept_tokens, result.ffn_tokens, result.exit_layer)
     real = result.lengths.double().sum()
     return {
         "kept_token_ratio": flops.kept_token_ratio(result.kept_tokens, result.lengths),

@@ -1,14 +1,11 @@
 """`tokenskim explain`: which tokens a model drops, and at which layer (as Transkimmer's Table 5).
 
 For each text it runs the model in inference mode (batch of one, hard deterministic decisions, the
-exact path `bench` times), records the keep decisions the model's token selector returns, and turns
-them into one "drop layer" per token with `drop_layers`, a pure function. It writes an HTML page and a
-PNG per text that colour each token by how many layers it went through, and `explain.json`.
-
-The decisions are read by wrapping the selector's `before_layer` / `after_attention` methods on the
-instance for the duration of the call (see `record_decisions`): the engine itself is not re-implemented,
-and the per-layer counts rebuilt from the decisions are checked against the model's own `kept_tokens` /
-`ffn_tokens`, so a mismatch (an engine change) is an error rather than a wrong picture.
+exact path `bench` times) and reads, from the model's own output, how many layers' attention and feed-forward
+blocks each token went through (`token_layers`, `token_ffn_layers`; every family reports them, planned
+decisions and early exits included); `drop_layers`, a pure function, turns them into one "drop layer" per token.
+It writes an HTML page and a PNG per text that colour each token by how many layers it went through, and
+`explain.json`.
 
 Extractive-QA checkpoints (Transkimmer-QA, Block-Skim) take the question as the text and the context as
 `--text-pair`; the prediction is the answer span, and a block Block-Skim skipped shows as its tokens leaving
@@ -17,15 +14,12 @@ after the attention of the skim layer.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 import os
 from dataclasses import asdict, dataclass
 
 import torch
-
-from tokenskim.modeling.packing import keep_decision
 
 from .errors import UsageError
 
@@ -43,75 +37,31 @@ class TokenDrops:
     stage: list
 
 
-def drop_layers(decisions, num_tokens: int, num_layers: int, exit_layer: int | None = None) -> TokenDrops:
-    """Per-token drop layers of one sequence from the selector's hard decisions, in call order.
+def drop_layers(token_layers, token_ffn_layers, num_layers: int, exit_layer: int | None = None) -> TokenDrops:
+    """Per-token drop layers of one sequence from the layers each token went through.
 
-    decisions: `(layer_idx, stage, keep)` with stage `BEFORE` or `AFTER` and `keep` a bool sequence over
-        the tokens still alive at that point, in their original order (what the selector returned).
-    The engine's rules apply: the first alive token (CLS) is always kept, and a dropped token never
-    comes back. exit_layer: number of layers the sequence ran, if it exited early.
+    token_layers, token_ffn_layers: per token, the number of layers whose attention / feed-forward block it
+        entered (a model output's `token_layers[b]`, `token_ffn_layers[b]`, real tokens only).
+    exit_layer: number of layers the sequence ran, if it exited early.
     """
-    alive = list(range(num_tokens))
-    layer = [num_layers] * num_tokens
-    stage = ["kept"] * num_tokens
-    for i, where, keep in decisions:
-        keep = [bool(k) for k in (keep.tolist() if torch.is_tensor(keep) else keep)]
-        if len(keep) != len(alive):
-            raise ValueError(f"layer {i} {where}: {len(keep)} decisions for {len(alive)} alive tokens")
-        if keep:
-            keep[0] = True  # CLS always stays
-        for pos, k in zip(alive, keep):
-            if not k:
-                layer[pos], stage[pos] = i, where
-        alive = [pos for pos, k in zip(alive, keep) if k]
-    if exit_layer is not None and exit_layer < num_layers:
-        for pos in alive:
-            layer[pos], stage[pos] = exit_layer, "exit"
+    attention, ffn = [int(n) for n in token_layers], [int(n) for n in token_ffn_layers]
+    if len(attention) != len(ffn):
+        raise ValueError(f"{len(attention)} attention counts for {len(ffn)} feed-forward counts")
+    exit_layer = num_layers if exit_layer is None else exit_layer
+    layer, stage = [], []
+    for a, f in zip(attention, ffn):
+        if not 0 <= f <= a <= f + 1 or a > num_layers:
+            raise ValueError(f"a token cannot enter {a} layers' attention and {f} feed-forward blocks")
+        layer.append(f)
+        if f == num_layers:
+            stage.append("kept")
+        elif a == f + 1:
+            stage.append(AFTER)
+        elif f == exit_layer:
+            stage.append("exit")
+        else:
+            stage.append(BEFORE)
     return TokenDrops(layer, stage)
-
-
-def counts_from_drops(drops: TokenDrops, num_layers: int):
-    """Tokens entering each layer's attention and feed-forward, rebuilt from `drops` (for the check
-    against the model's own `kept_tokens` / `ffn_tokens`)."""
-    attn = [0] * num_layers
-    ffn = [0] * num_layers
-    for layer, stage in zip(drops.layer, drops.stage):
-        for i in range(num_layers):
-            if i < layer or (i == layer and stage == AFTER):
-                attn[i] += 1
-            if i < layer:
-                ffn[i] += 1
-    return attn, ffn
-
-
-@contextlib.contextmanager
-def record_decisions(selector):
-    """Records `(layer, stage, keep)` for every hard decision `selector` takes while active (batch of one)."""
-    log = []
-    originals = {}
-
-    def wrap(name, stage):
-        original = getattr(selector, name)
-        originals[name] = original
-
-        def recorded(layer_idx, tensor, hard, *args, **kwargs):
-            score = original(layer_idx, tensor, hard, *args, **kwargs)
-            if score is not None and hard:  # one sequence: the engine's decision rule on its rows
-                score = score.detach().flatten()
-                one = torch.zeros(len(score), dtype=torch.long, device=score.device)
-                cu = torch.tensor([0, len(score)], dtype=torch.int32, device=score.device)
-                log.append((layer_idx, stage, keep_decision(score, one, cu, selector.min_kept_tokens).cpu()))
-            return score
-
-        object.__setattr__(selector, name, recorded)
-
-    wrap("before_layer", BEFORE)
-    wrap("after_attention", AFTER)
-    try:
-        yield log
-    finally:
-        for name in originals:
-            selector.__dict__.pop(name, None)
 
 
 @dataclass
@@ -148,23 +98,16 @@ def explain_text(model, tokenizer, text, text_pair=None, max_length=None) -> Exp
         context_offsets = [tuple(o) if s == 1 else None
                            for o, s in zip(enc.pop("offset_mapping")[0].tolist(), enc.sequence_ids(0))]
     enc = {k: v.to(device) for k, v in enc.items()}
-    selector = model.skim_model.selector
-    with torch.inference_mode(), record_decisions(selector) as log:
+    with torch.inference_mode():
         out = model(**enc)
     n = int(enc["input_ids"].shape[1])
     layers = model.config.num_hidden_layers
     exit_layer = int(out.exit_layer[0]) if getattr(out, "exit_layer", None) is not None else layers
-    drops = drop_layers(log, n, layers, exit_layer)
-    attn, ffn = counts_from_drops(drops, layers)
-    ran = slice(0, exit_layer)
-    if attn[ran] != out.kept_tokens[0, ran].tolist() or ffn[ran] != out.ffn_tokens[0, ran].tolist():
-        raise RuntimeError(
-            "recorded decisions disagree with the model's kept-token counts "
-            f"(rebuilt attention {attn}, ffn {ffn}; model {out.kept_tokens[0].tolist()}, {out.ffn_tokens[0].tolist()})"
-        )
+    drops = drop_layers(out.token_layers[0].tolist(), out.token_ffn_layers[0].tolist(), layers, exit_layer)
     lengths = torch.tensor([n])
     dense = flops.dense_flops(lengths, model.config)
-    ours = flops.encoder_flops(out.kept_tokens.cpu(), out.ffn_tokens.cpu(), model.config, selector.macs_per_token())
+    ours = flops.model_macs(model, out.kept_tokens.cpu(), out.ffn_tokens.cpu(),
+                            out.exit_layer.cpu() if getattr(out, "exit_layer", None) is not None else None)
     if qa:
         label = qa_answer(out.start_logits[0].float().cpu(), out.end_logits[0].float().cpu(), context_offsets, text_pair)
         prob = None

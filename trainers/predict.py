@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from . import data
 from .errors import UsageError
 from .evaluate import default_max_length, load_classifier
-from .trainer import eval_counts, selector_of, skim_metrics
+from .trainer import eval_counts, skim_metrics
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 INPUT_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".txt")
@@ -188,10 +188,7 @@ def summary(model, counts: list, examples: int, seconds: float, max_length: int)
            "max_length": max_length}
     if counts:
         columns = [torch.cat(c) for c in zip(*counts)]
-        selector = selector_of(model)
-        macs = selector.macs_per_token() if selector is not None else 0
-        out.update(skim_metrics(model.config, *columns[:3], selector_macs=macs,
-                                exit_layer=columns[3] if len(columns) > 3 else None))
+        out.update(skim_metrics(model, *columns[:3], exit_layer=columns[3] if len(columns) > 3 else None))
         out["tokens_per_example"] = float(columns[0].double().mean())
     return out
 

@@ -17,7 +17,7 @@ The model computes its own total loss (task loss + weighted auxiliary loss); the
 import torch
 from transformers import Trainer
 
-from tokenskim.modeling.flops import dense_flops, encoder_flops, flops_ratio, kept_token_ratio
+from tokenskim.modeling.flops import dense_flops, flops_ratio, kept_token_ratio, model_macs
 
 
 def selector_of(model):
@@ -68,14 +68,15 @@ def eval_counts(outputs, attention_mask, num_layers: int) -> tuple:
     return lengths, kept, (kept if ffn is None else ffn)
 
 
-def skim_metrics(config, lengths, kept, ffn, selector_macs: int = 0, exit_layer=None) -> dict:
-    """Kept-token ratio, FLOPs ratio and per-layer keep rates of a whole evaluation set.
+def skim_metrics(model, lengths, kept, ffn, exit_layer=None) -> dict:
+    """Kept-token ratio, FLOPs ratio (`flops.model_macs`: selector and exit heads included) and per-layer keep rates
+    of a whole evaluation set.
 
     lengths `[n]`, kept/ffn `[n, layers]`, exit_layer `[n]` or None.
     """
     metrics = {
         "kept_token_ratio": kept_token_ratio(kept, lengths),
-        "flops_ratio": flops_ratio(dense_flops(lengths, config), encoder_flops(kept, ffn, config, selector_macs)),
+        "flops_ratio": flops_ratio(dense_flops(lengths, model.config), model_macs(model, kept, ffn, exit_layer)),
     }
     per_layer = kept.double().sum(0) / lengths.double().sum()
     metrics.update({f"keep_rate_layer_{i}": float(r) for i, r in enumerate(per_layer)})
@@ -240,9 +241,6 @@ class SkimTrainer(Trainer):
         finally:
             self._eval_batches = None
         if columns:
-            selector = selector_of(self.model)
-            macs = selector.macs_per_token() if selector is not None else 0
-            extra = skim_metrics(self.model.config, *columns[:3], selector_macs=macs,
-                                 exit_layer=columns[3] if len(columns) > 3 else None)
+            extra = skim_metrics(self.model, *columns[:3], exit_layer=columns[3] if len(columns) > 3 else None)
             output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in extra.items()})
         return output
