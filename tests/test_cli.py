@@ -160,7 +160,7 @@ def test_resume_from_checkpoint(tiny_dir, tmp_path, monkeypatch):
         ([*SST2, "--text-columns", "review"], ValueError, r"column\(s\) \['review'\] not found"),
         ([*SST2, "--method", "dense", "--skim-coefficient", "1"], ValueError, "--skim-coefficient do.* not apply"),
         ([*SST2, "--resume-from-checkpoint", "/no/such/ckpt"], FileNotFoundError, "checkpoint folder not found"),
-        ([*SST2, "--method", "block-skim"], ValueError, "block-skim has no sequence-classification model"),
+        ([*SST2, "--method", "block-skim"], ValueError, "block-skim has no sequence-classification head"),
         ([*SST2, "--method", "early-exit", "--selector-learning-rate", "1e-3"], ValueError, "trains no token selector"),
         ([*SST2, "--finetuned", "some/checkpoint"], ValueError, "transkimmer trains in one stage"),
         ([*SST2, "--method", "ltp", "--stage-epochs", "1,2"], ValueError, "one of epochs per stage"),

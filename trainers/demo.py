@@ -23,6 +23,7 @@ from transformers import AutoTokenizer
 from . import data, metrics, modelcard, recipes
 from .bench.inputs import make_batches
 from .bench.timing import measure_throughput
+from .evaluate import task_inputs
 from .train import save_hub_folder, task_config, train_stage
 
 SAMPLE_TRAIN = "sst2_train_sample.tsv"
@@ -119,10 +120,10 @@ def run(args):
 
     print("\n[1/3] fine-tuning the dense baseline (stock transformers)")
     tokenizer = AutoTokenizer.from_pretrained(base)
-    tokenized = data.tokenize(raw, tokenizer, spec, args.max_length)
+    inputs = task_inputs(spec, raw, tokenizer, args.max_length)
     dense_trainer, dense_results = train_stage(
-        recipes.load_model("dense", base, **task_config(spec)), tokenizer, tokenized, spec,
-        demo_training_args(out / "dense", args, args.epochs),
+        recipes.load_model("dense", base, **task_config(spec)), tokenizer, inputs,
+        demo_training_args(out / "dense", args, args.epochs), num_examples=raw["validation"].num_rows,
     )
     save_hub_folder(dense_trainer, dense_results, spec, method="dense", base_model=base, command=command,
                     max_length=args.max_length, train_rows=raw["train"].num_rows)
@@ -134,8 +135,8 @@ def run(args):
         **task_config(spec),
     )
     skim_trainer, skim_results = train_stage(
-        skim_model, tokenizer, tokenized, spec, demo_training_args(out / "transkimmer", args, args.skim_epochs),
-        selector_learning_rate=args.selector_learning_rate, skim_warmup_steps=args.skim_warmup_steps,
+        skim_model, tokenizer, inputs, demo_training_args(out / "transkimmer", args, args.skim_epochs),
+        num_examples=raw["validation"].num_rows, selector_learning_rate=args.selector_learning_rate, skim_warmup_steps=args.skim_warmup_steps,
     )
     save_hub_folder(skim_trainer, skim_results, spec, method="transkimmer", base_model=base, command=command,
                     max_length=args.max_length, train_rows=raw["train"].num_rows,

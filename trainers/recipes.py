@@ -39,10 +39,8 @@ from tokenskim.modeling import (
 )
 
 from . import stages
+from .data import QUESTION_ANSWERING, SEQUENCE_CLASSIFICATION
 from .errors import UsageError
-
-SEQUENCE_CLASSIFICATION = "sequence-classification"
-QUESTION_ANSWERING = "question-answering"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,12 +189,20 @@ def is_roberta_config(config) -> bool:
     return "roberta" in (config.model_type or "")
 
 
-def model_class(method: str, config, head: str = SEQUENCE_CLASSIFICATION):
-    """The class of `method` for a checkpoint with `config` and the task's head kind."""
+def model_classes(method: str, head: str = SEQUENCE_CLASSIFICATION) -> tuple:
+    """`(BERT-style class, RoBERTa-style class)` of `method` for the task's head kind (`TaskSpec.head`); a clear
+    error when the method has no such head."""
     recipe = get_recipe(method)
     if head not in recipe.classes:
-        raise UsageError(f"--method {method} has no {head} model; it has: {', '.join(recipe.classes)}")
-    bert, roberta = recipe.classes[head]
+        with_head = [name for name, r in RECIPES.items() if head in r.classes]
+        raise UsageError(f"--method {method} has no {head} head (it has: {', '.join(recipe.classes)}); "
+                         f"methods with one: {', '.join(with_head)}")
+    return recipe.classes[head]
+
+
+def model_class(method: str, config, head: str = SEQUENCE_CLASSIFICATION):
+    """The class of `method` for a checkpoint with `config` and the task's head kind."""
+    bert, roberta = model_classes(method, head)
     return roberta if is_roberta_config(config) else bert
 
 

@@ -6,8 +6,11 @@ Hub-ready folder: safetensors weights, config, remote code, tokenizer, `eval_res
         [--skim-coefficient 0.5] [--learning-rate 2e-5 --num-train-epochs 3 ... any TrainingArguments flag]
     tokenskim train --method magic-pyramid --model PATH --task ag_news --output-dir out/ --stage-epochs 3,1,2,2
     tokenskim train --method sttabt --model PATH --task sst2 --output-dir out/ --max-train-samples 20000
+    tokenskim train --method block-skim --model PATH --task squad --output-dir out/ [--doc-stride 128]
 
-Every method runs the same way: data, evaluation split, stages, resume, Hub folder and model card.
+Every method runs the same way: data, evaluation split, stages, resume, Hub folder and model card. The task picks
+the head: classification and regression tasks train a method's sequence-classification class, `--task squad` /
+`squad_v2` its question-answering class (windowed contexts, SQuAD EM/F1; trainers/squad.py).
 - The recipe's stages run in order, each from the model the stage before it saved. A one-stage recipe (dense,
   transkimmer, block-skim) trains in the output folder itself; in a recipe of several, stage N is saved, Hub-ready,
   in `output-dir/stage-N-<name>` and the final stage's files are copied to the output folder.
@@ -34,9 +37,9 @@ import torch
 from transformers import AutoTokenizer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import data, metrics, modelcard, recipes
+from . import data, metrics, modelcard, recipes, squad
 from .errors import UsageError
-from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, tokenizer_limit
+from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, task_inputs, tokenizer_limit
 from .stages import prepare_stage
 from .trainer import SkimTrainer
 
@@ -108,6 +111,7 @@ def add_arguments(parser):
     add_method_arguments(parser)
     add_data_arguments(parser)
     parser.add_argument("--max-train-samples", type=int, help="train on a seeded random subset of this many rows")
+    squad.add_arguments(parser)
     add_stage_arguments(parser)
     add_training_arguments(parser)
     parser.set_defaults(_parser=parser)  # run() rebuilds the command line for the model card from it
@@ -146,6 +150,8 @@ def check_stage_flags(method: str, finetuned, selector_learning_rate):
 
 def task_config(spec) -> dict:
     """Config fields that make a checkpoint fit the task."""
+    if spec.is_qa:
+        return {"num_labels": spec.num_labels}
     if spec.is_regression:
         return {"num_labels": 1, "problem_type": "regression"}
     id2label = spec.id2label
@@ -188,27 +194,25 @@ def stage_training_args(training_args, folder, epochs, learning_rate) -> Trainin
     return dataclasses.replace(training_args, **changes)
 
 
-def train_stage(model, tokenizer, tokenized, spec, training_args, *, selector_learning_rate=None,
+def train_stage(model, tokenizer, inputs: dict, training_args, *, num_examples: int, selector_learning_rate=None,
                 skim_warmup_steps: int = 0, resume_from_checkpoint=None):
     """Trains and evaluates a model set up for its stage; returns `(trainer, results)` with results keyed
     without `eval_`.
 
-    tokenized: DatasetDict with `train` and `validation` rows of task `spec`, tokenized by `tokenizer`.
+    inputs: the task's datasets, collator and metrics from `evaluate.task_inputs` (made with `tokenizer`);
+    num_examples: the validation rows they come from (QA: questions, which the windowed features outnumber).
     """
     trainer = SkimTrainer(
         model=model,
         args=training_args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
-        data_collator=data.collator(tokenizer),
-        compute_metrics=metrics.build_compute_metrics(spec.name, spec.is_regression, spec.num_labels),
+        **inputs,
         selector_learning_rate=selector_learning_rate,
         skim_warmup_steps=skim_warmup_steps,
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     results = strip_prefix(trainer.evaluate())
-    results["num_examples"] = tokenized["validation"].num_rows
+    results["num_examples"] = num_examples
     return trainer, results
 
 
@@ -230,16 +234,19 @@ def train_recipe(
     max_length: int = DEFAULT_MAX_LENGTH,
     command: str = "",
     split: str = "validation",
-    head: str = recipes.SEQUENCE_CLASSIFICATION,
+    qa_options: squad.QAOptions | None = None,
 ) -> list:
     """Runs (or continues) the method's stages; returns one record per stage (its evaluation results).
 
-    raw: DatasetDict with `train` and `validation` rows (the latter from split `split`); spec: its TaskSpec;
-    training_args: the `TrainingArguments` every stage starts from (output_dir is the run's folder).
-    hyperparameters: the method's config fields from the command line (None: unset).
+    raw: DatasetDict with `train` and `validation` rows (the latter from split `split`); spec: its TaskSpec, whose
+    head picks the method's class; training_args: the `TrainingArguments` every stage starts from (output_dir is
+    the run's folder). hyperparameters: the method's config fields from the command line (None: unset).
     stage_epochs / stage_learning_rates: one value per stage or one for all (None: the stages' own).
+    qa_options: extractive QA's windows and post-processing (default `squad.QAOptions()`).
     """
     recipe = recipes.get_recipe(method)
+    if spec.is_qa:
+        qa_options = qa_options or squad.QAOptions()
     check_stage_flags(method, finetuned, selector_learning_rate)
     start = finetuned or model_name_or_path
     values = recipes.starting_hyperparameters(method, hyperparameters or {}, start)
@@ -251,7 +258,7 @@ def train_recipe(
     output_dir.mkdir(parents=True, exist_ok=True)
 
     tokenizer = AutoTokenizer.from_pretrained(start)  # save_hub_folder records max_length
-    tokenized = data.tokenize(raw, tokenizer, spec, max_length)
+    inputs = task_inputs(spec, raw, tokenizer, max_length, qa_options=qa_options)
 
     previous, records = model_name_or_path, []
     for index, stage in enumerate(recipe.stages, start=1):
@@ -267,7 +274,7 @@ def train_recipe(
             previous = str(folder)
             continue
 
-        model = recipes.load_model(method, str(previous), values, head, **task_config(spec))
+        model = recipes.load_model(method, str(previous), values, head=spec.head, **task_config(spec))
         prepare_stage(model, stage, {"exit_head_init": exit_head_init})
         args = stage_training_args(training_args, folder, epochs[index - 1], rates[index - 1])
         selector_lr = selector_learning_rate if selector_learning_rate is not None else stage.selector_learning_rate
@@ -277,12 +284,13 @@ def train_recipe(
         logger.info("stage %d/%d (%s): %s epochs from %s%s", index, n, stage.name, args.num_train_epochs, previous,
                     f", resuming {resume}" if resume else "")
         trainer, results = train_stage(
-            model, tokenizer, tokenized, spec, args, selector_learning_rate=selector_lr,
+            model, tokenizer, inputs, args, num_examples=raw["validation"].num_rows, selector_learning_rate=selector_lr,
             skim_warmup_steps=skim_warmup_steps if stage.tunes_selector else 0, resume_from_checkpoint=resume,
         )
         save_hub_folder(
             trainer, results, spec, method=method, base_model=model_name_or_path, command=command,
             max_length=max_length, train_rows=raw["train"].num_rows, split=split,
+            doc_stride=qa_options.doc_stride if spec.is_qa else None,
             extra_training={
                 **({"stage": f"{index}/{n} {stage.name}"} if n > 1 else {}),
                 **{name: getattr(model.config, name, None) for name in recipe.hyperparameters},
@@ -315,16 +323,20 @@ def record_lengths(tokenizer, config, max_length: int):
 
 
 def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command, max_length, train_rows,
-                    extra_training=None, split="validation"):
+                    extra_training=None, split="validation", doc_stride=None):
     """Writes weights, remote code, tokenizer, eval_results.json and README.md to the output folder.
 
-    split: the name of the split `results` come from.
+    split: the name of the split `results` come from. doc_stride: extractive QA's window overlap, recorded as
+    `config.training_doc_stride` (evaluate's default).
 
     What only the command line knows goes to `trainer.card_context`, so `trainer.save_model` here and a later
     `trainer.push_to_hub()` write the same card. Call on every process (saving is collective under some
     launchers); files come from the main one, which gets the results record back."""
     output_dir = trainer.args.output_dir
     record_lengths(trainer.processing_class, trainer.model.config, max_length)
+    stride = {"doc_stride": doc_stride} if doc_stride else {}
+    if doc_stride:  # QA: evaluate windows the contexts as in training
+        trainer.model.config.training_doc_stride = doc_stride
     trainer.model.config.finetuning_task = spec.name
     args = trainer.args
     training = {
@@ -333,22 +345,25 @@ def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command
         "epochs": args.num_train_epochs if args.max_steps <= 0 else f"{args.max_steps} steps",
         "batch size (global)": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         "max length": max_length,
+        **{k.replace("_", " "): v for k, v in stride.items()},
         "seed": args.seed,
         **{k: v for k, v in (extra_training or {}).items() if v is not None},
     }
-    record = results_record(results, output_dir, spec.name, split, method=method, max_length=max_length)
+    record = results_record(results, output_dir, spec.name, split, method=method, max_length=max_length, **stride)
     trainer.card_context = dict(
         method=method,
         base_model=str(base_model),
         task=spec.name,
-        task_description=("regression" if spec.is_regression else f"{spec.num_labels}-way classification")
+        task_description=squad.task_description(spec) if spec.is_qa
+        else ("regression" if spec.is_regression else f"{spec.num_labels}-way classification")
         + f" on {' + '.join(spec.text_columns)}",
+        head=spec.head,
         split=split,
         metrics=record,
         metric_names=metrics.metric_names(spec.name, spec.is_regression, spec.num_labels),
         command=command,
         training=training,
-        train_description=f"{train_rows} rows",
+        train_description=f"{train_rows} {'questions' if spec.is_qa else 'rows'}",
         max_length=max_length,
     )
     trainer.save_model(output_dir)  # SkimTrainer.save_model: weights, tokenizer, eval_results.json, README.md
@@ -356,12 +371,15 @@ def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command
 
 
 def run(args):
+    head = data.get_task(args.task).head if args.task else data.SEQUENCE_CLASSIFICATION
+    recipes.model_classes(args.method, head)  # a method without the task's head fails here, before any data is read
     training_args = training_arguments(args)
     hyperparameters = method_hyperparameters(args)
     raw, spec = data.load_task(
         task=args.task, data_dir=args.data_dir, train_file=args.train_file, validation_file=args.validation_file,
         dataset_name=args.dataset_name, dataset_config=args.dataset_config, validation_split=args.validation_split,
         text_columns=args.text_columns, label_column=args.label_column, problem_type=args.problem_type,
+        article_split=args.article_split,
     )
     raw["train"] = data.subsample(raw["train"], args.max_train_samples, training_args.seed)
     raw["validation"] = data.subsample(raw["validation"], args.max_eval_samples, training_args.seed)
@@ -371,9 +389,10 @@ def run(args):
         selector_learning_rate=args.selector_learning_rate, skim_warmup_steps=args.skim_warmup_steps,
         exit_head_init=args.exit_head_init, finetuned=args.finetuned,
         resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint),
-        max_length=args.max_length or DEFAULT_MAX_LENGTH,
+        max_length=args.max_length or (squad.DEFAULT_MAX_LENGTH if spec.is_qa else DEFAULT_MAX_LENGTH),
         command=modelcard.command_line("tokenskim train", args._parser, args),
         split=args.validation_split if args.dataset_name else "validation",
+        qa_options=squad.options_from_args(args) if spec.is_qa else None,
     )
     if training_args.process_index == 0:
         names = metrics.metric_names(spec.name, spec.is_regression, spec.num_labels)
