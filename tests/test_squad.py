@@ -282,7 +282,9 @@ FAST = ["--max-length", "32", "--doc-stride", "8", "--per-device-train-batch-siz
         "8", "--max-steps", "4", "--learning-rate", "1e-3", "--disable-tqdm", "true", "--use-cpu", "true", "--seed", "0"]
 METHOD_FLAGS = {"dense": [], "transkimmer": ["--skim-coefficient", "0.3"],
                 # blocks of 8 tokens; tau 0.99: the barely trained CNN skips blocks at evaluation
-                "block-skim": ["--block-size", "8", "--skim-threshold", "0.99"]}
+                "block-skim": ["--block-size", "8", "--skim-threshold", "0.99"],
+                # the staged QA path: finetune, soft-pruning, hard-pruning (--max-steps each), the last copied to out/
+                "ltp": ["--final-threshold", "0.05"]}
 
 
 @pytest.fixture(scope="module")
