@@ -50,7 +50,6 @@ from .ltp import (
     LTPRobertaForTokenClassification,
     LTPRobertaModel,
     LTPSelector,
-    ltp_parameter_groups,
     threshold_parameters,
 )
 from .magic_pyramid import (

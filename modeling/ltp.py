@@ -168,32 +168,6 @@ def threshold_parameters(model: nn.Module) -> list:
     return [m.threshold_offsets for m in model.modules() if isinstance(m, LTPSelector)]
 
 
-def ltp_parameter_groups(model: nn.Module, lr: float, threshold_lr: float, weight_decay: float = 0.0) -> list:
-    """Optimizer groups with the thresholds in their own group (own learning rate, no weight decay).
-
-    Biases and LayerNorm weights get no weight decay, as in `transformers.Trainer`. Every trainable
-    parameter appears in exactly one group; frozen ones are left out. Usage:
-    `torch.optim.AdamW(ltp_parameter_groups(model, 2e-5, 1e-3, 0.01))`.
-    """
-    thresholds = {id(p) for p in threshold_parameters(model)}
-    decay, no_decay, thr = [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if id(p) in thresholds:
-            thr.append(p)
-        elif name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [
-        {"params": decay, "lr": lr, "weight_decay": weight_decay},
-        {"params": no_decay, "lr": lr, "weight_decay": 0.0},
-        {"params": thr, "lr": threshold_lr, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
-
-
 class LTPBertModel(SkimModel):
     config_class = LTPBertConfig
     base_model_prefix = "bert"

@@ -2,7 +2,7 @@
 exit of whole sequences. Nothing new is computed here: the base model prunes with `LTPSelector`
 (ltp.py) and the classification model adds the exit heads and exit rule of `early_exit.py`.
 
-Training follows the paper's four stages (see `tokenskim.trainers.schedules`): fine-tune (pruning and exits
+Training follows the paper's four stages (`tokenskim train --method magic-pyramid`): fine-tune (pruning and exits
 off), soft pruning (model and thresholds), hard pruning (thresholds frozen), exit heads (backbone frozen,
 self-distillation from the final classifier, hard pruning active). At inference tokens leave after the
 attention of the layer where they fall below the threshold and sequences leave after the layer where

@@ -196,7 +196,8 @@ def varlen_attention(q, k, v, cu_seqlens, lengths, dropout_p: float = 0.0):
 
 # Up to this many tokens per sequence, one padded batched attention is at least as fast as a kernel call per
 # sequence on CPU: the padding costs less than the calls (heavily skimmed late layers keep a few tokens per
-# sequence). Measured with results/short_attention_bench.py: about 2.5x faster at 4, 1.7x at 8, even at 12.
+# sequence). Measured with results/short_attention/short_attention_bench.py: about 2.5x faster at 4, 1.7x at 8,
+# even at 12.
 SHORT_SEQUENCE = 12
 
 

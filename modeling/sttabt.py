@@ -15,8 +15,9 @@ Every layer's keep set is decided up front, before the main encoder runs:
 ApproxNet learns by distillation from the main model's dense pass (per-head attention KL, hidden-state MSE
 through a projection, prediction KL); p_l learns from the task loss and a keep-ratio term, which also reach
 ApproxNet through s while it is trainable (the paper trains threshold and importance jointly with the task).
-The main model's gradients come from the task loss only. A staged recipe (dense fine-tune, ApproxNet
-distillation, masked training with ApproxNet frozen) is in `results/sttabt_sst2.py`.
+The main model's gradients come from the task loss only. The training recipe is `tokenskim train --method
+sttabt` (stages in tokenskim's trainers/recipes.py and trainers/stages.py): dense fine-tune, ApproxNet
+distillation, masked training with ApproxNet frozen.
 
 Choices and differences from the paper / reference code, on purpose:
 - ApproxNet reads the main model's embeddings output through a down-projection (`d -> d / k`) instead of

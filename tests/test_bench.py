@@ -13,6 +13,14 @@ from transformers import BertTokenizer
 
 from tokenskim.modeling import TranskimmerBertConfig, TranskimmerBertForSequenceClassification, flops
 from tokenskim.trainers import bench
+from tokenskim.trainers.bench import runner
+from tokenskim.trainers.bench.inputs import BenchData, make_batches, tokenize
+from tokenskim.trainers.bench.memory import PeakMemory
+from tokenskim.trainers.bench.passes import accounting, run_pass
+from tokenskim.trainers.bench.report import write_outputs
+from tokenskim.trainers.bench.runner import benchmark
+from tokenskim.trainers.bench.timing import measure_throughput, paired_speedup
+from tokenskim.trainers.bench.variants import load_dense, load_variants
 
 WORDS = [f"w{i}" for i in range(100)]
 
@@ -52,7 +60,7 @@ def accuracy(predictions, labels):
 def toy_data(n=23, seed=0, max_words=40):
     rng = random.Random(seed)
     texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randrange(1, max_words))) for _ in range(n)]
-    return bench.BenchData(texts, [rng.randrange(2) for _ in texts], accuracy, "accuracy", task="toy")
+    return BenchData(texts, [rng.randrange(2) for _ in texts], accuracy, "accuracy", task="toy")
 
 
 def features(lengths):
@@ -65,8 +73,8 @@ def features(lengths):
 
 def test_batches_hold_every_example_once_and_sorted_batches_the_same_examples():
     feats = features([5, 9, 3, 30, 12, 7, 7, 20, 4, 11])
-    plain = bench.make_batches(feats, 4, pad_token_id=0)
-    sorted_ = bench.make_batches(feats, 4, pad_token_id=0, sort_by_length=True)
+    plain = make_batches(feats, 4, pad_token_id=0)
+    sorted_ = make_batches(feats, 4, pad_token_id=0, sort_by_length=True)
     for batches in (plain, sorted_):
         assert sorted(i for b in batches for i in b.indices) == list(range(len(feats)))
         assert sum(int(b.inputs["attention_mask"].sum()) for b in batches) == sum(len(f["input_ids"]) for f in feats)
@@ -82,7 +90,7 @@ def test_batches_hold_every_example_once_and_sorted_batches_the_same_examples():
 
 def test_equal_lengths_batches_have_no_padding_and_keep_the_final_token():
     feats = features([5, 9, 3, 30, 12, 7, 7, 20, 4, 11])
-    batches = bench.make_batches(feats, 4, pad_token_id=0, equal_lengths=True)
+    batches = make_batches(feats, 4, pad_token_id=0, equal_lengths=True)
     assert sorted(i for b in batches for i in b.indices) == list(range(len(feats)))
     for b in batches:
         assert bool(b.inputs["attention_mask"].all())
@@ -95,7 +103,7 @@ def test_equal_lengths_batches_have_no_padding_and_keep_the_final_token():
 
 
 def test_variants_load_from_the_same_weights(checkpoint):
-    models, info = bench.load_variants(checkpoint)
+    models, info = load_variants(checkpoint)
     assert set(models) == {"dense", "dense_sorted", "engine_off", "skim"}
     assert models["dense"] is models["dense_sorted"]
     assert type(models["dense"]).__name__ == "BertForSequenceClassification"
@@ -111,15 +119,15 @@ def test_variants_load_from_the_same_weights(checkpoint):
 
 
 def test_accounting_matches_the_flops_formula_on_a_tiny_model(checkpoint):
-    models, _ = bench.load_variants(checkpoint, variants=("dense", "engine_off", "skim"))
+    models, _ = load_variants(checkpoint, variants=("dense", "engine_off", "skim"))
     from transformers import AutoTokenizer
 
     data = toy_data()
-    feats = bench.tokenize(AutoTokenizer.from_pretrained(checkpoint), data, 64)
-    batches = bench.make_batches(feats, 5, pad_token_id=0)
+    feats = tokenize(AutoTokenizer.from_pretrained(checkpoint), data, 64)
+    batches = make_batches(feats, 5, pad_token_id=0)
     n = len(feats)
-    res = {k: bench.run_pass(m, batches, n) for k, m in models.items()}
-    acc = {k: bench.accounting(models[k], r) for k, r in res.items()}
+    res = {k: run_pass(m, batches, n) for k, m in models.items()}
+    acc = {k: accounting(models[k], r) for k, r in res.items()}
     lengths = torch.tensor([len(f["input_ids"]) for f in feats])
     L = models["skim"].config.num_hidden_layers
 
@@ -140,7 +148,7 @@ def test_accounting_matches_the_flops_formula_on_a_tiny_model(checkpoint):
     assert acc["skim"]["kept_token_ratio"] == pytest.approx(float(kept.sum() / (lengths.sum() * L)))
     assert acc["skim"]["kept_per_layer"] == pytest.approx((kept.sum(0) / lengths.sum()).tolist())
     # decisions do not depend on batching: batch-1 counts equal the batched ones
-    single = bench.run_pass(models["skim"], bench.make_batches(feats, 1, pad_token_id=0), n)
+    single = run_pass(models["skim"], make_batches(feats, 1, pad_token_id=0), n)
     assert torch.equal(single.kept_tokens, skim.kept_tokens)
     # engine with pruning off computes what the stock model computes
     assert torch.allclose(res["engine_off"].logits, res["dense"].logits, atol=1e-5)
@@ -148,19 +156,19 @@ def test_accounting_matches_the_flops_formula_on_a_tiny_model(checkpoint):
 
 def test_every_variant_gets_the_same_inputs(checkpoint, monkeypatch):
     seen = {}
-    load = bench.load_variants
+    load = load_variants
 
     def spying_load_variants(*args, **kwargs):
         models, info = load(*args, **kwargs)
-        models["dense_sorted"] = bench.load_dense(checkpoint, models["skim"].config)[0]  # own instance to hook
+        models["dense_sorted"] = load_dense(checkpoint, models["skim"].config)[0]  # own instance to hook
         for name, m in models.items():
             m.register_forward_pre_hook(
                 lambda mod, a, kw, name=name: seen.setdefault(name, []).append({k: v.clone() for k, v in kw.items()}),
                 with_kwargs=True)
         return models, info
 
-    monkeypatch.setattr(bench, "load_variants", spying_load_variants)
-    bench.benchmark([checkpoint], toy_data(), [4], repeats=2, warmup=1, memory=False, progress=False, log=None)
+    monkeypatch.setattr(runner, "load_variants", spying_load_variants)
+    benchmark([checkpoint], toy_data(), [4], repeats=2, warmup=1, memory=False, progress=False, log=None)
     assert set(seen) == {"dense", "dense_sorted", "engine_off", "skim"}
     for name in ("engine_off", "skim"):  # identical batches, in the same order
         assert len(seen[name]) == len(seen["dense"])
@@ -190,8 +198,8 @@ def test_measure_throughput_gives_every_model_the_same_batches():
             calls.setdefault(self.name, []).append({k: v.clone() for k, v in kw.items()})
 
     feats = features([5, 9, 3, 30, 12, 7, 7, 20, 4, 11])
-    plain = bench.make_batches(feats, 4, pad_token_id=0)
-    stats = bench.measure_throughput({"a": Spy("a"), "b": Spy("b"), "c": Spy("c")}, plain, repeats=3, warmup=1,
+    plain = make_batches(feats, 4, pad_token_id=0)
+    stats = measure_throughput({"a": Spy("a"), "b": Spy("b"), "c": Spy("c")}, plain, repeats=3, warmup=1,
                                      progress=False)
     assert set(stats) == {"a", "b", "c"}
     for name in "bc":
@@ -199,13 +207,13 @@ def test_measure_throughput_gives_every_model_the_same_batches():
         for x, y in zip(calls["a"], calls[name]):
             assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     # per-model batch lists must hold the same examples
-    sorted_ = bench.make_batches(feats, 4, pad_token_id=0, sort_by_length=True)
-    bench.measure_throughput({"a": Spy("a"), "s": Spy("s")}, {"a": plain, "s": sorted_}, repeats=1, progress=False)
+    sorted_ = make_batches(feats, 4, pad_token_id=0, sort_by_length=True)
+    measure_throughput({"a": Spy("a"), "s": Spy("s")}, {"a": plain, "s": sorted_}, repeats=1, progress=False)
     with pytest.raises(ValueError, match="same examples"):
-        bench.measure_throughput({"a": Spy("a"), "s": Spy("s")}, {"a": plain, "s": bench.make_batches(feats[:-1] + features([3]), 4, 0)},
+        measure_throughput({"a": Spy("a"), "s": Spy("s")}, {"a": plain, "s": make_batches(feats[:-1] + features([3]), 4, 0)},
                                  repeats=1, progress=False)
     with pytest.raises(ValueError, match="same number of batches"):
-        bench.measure_throughput({"a": Spy("a"), "s": Spy("s")}, {"a": plain, "s": plain[:-1]}, repeats=1, progress=False)
+        measure_throughput({"a": Spy("a"), "s": Spy("s")}, {"a": plain, "s": plain[:-1]}, repeats=1, progress=False)
 
 
 def test_measure_throughput_stats():
@@ -214,13 +222,13 @@ def test_measure_throughput_stats():
             return None
 
     feats = features([4, 6, 8, 10])
-    batches = bench.make_batches(feats, 2, pad_token_id=0)
-    stats = bench.measure_throughput({"x": Sleepy(), "y": Sleepy()}, batches, repeats=4, warmup=0, progress=False)
+    batches = make_batches(feats, 2, pad_token_id=0)
+    stats = measure_throughput({"x": Sleepy(), "y": Sleepy()}, batches, repeats=4, warmup=0, progress=False)
     s = stats["x"]
     assert len(s.pass_seconds) == 4 and len(s.latencies_ms) == 4 * len(batches)
     assert s.examples_per_s > 0 and s.tokens_per_s == pytest.approx(s.examples_per_s * 28 / 4)
     assert s.latency_p50_ms <= s.latency_p90_ms
-    assert bench.paired_speedup(stats, "x", "x") == 1.0
+    assert paired_speedup(stats, "x", "x") == 1.0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -228,7 +236,7 @@ def test_measure_throughput_stats():
 
 
 def test_bench_report_schema_and_files(checkpoint, tmp_path):
-    report = bench.benchmark([checkpoint], toy_data(), [1, 4], repeats=2, warmup=1, progress=False, log=None)
+    report = benchmark([checkpoint], toy_data(), [1, 4], repeats=2, warmup=1, progress=False, log=None)
     json.dumps(report)  # serialisable
     env = report["environment"]
     for key in ("device", "torch", "transformers", "threads", "date", "cpu", "command"):
@@ -257,7 +265,7 @@ def test_bench_report_schema_and_files(checkpoint, tmp_path):
     assert {t["target"] for t in report["targets"]} >= {"engine_off within 5% of dense (no padding)",
                                                        "skim not slower than dense at batch 1"}
 
-    written = bench.write_outputs(report, tmp_path)
+    written = write_outputs(report, tmp_path)
     names = {os.path.basename(p) for p in written}
     assert {"bench.json", "bench.md", "kept_per_layer.png", "pareto.png", "throughput.png"} <= names
     assert json.loads((tmp_path / "bench.json").read_text())["records"][0]["variant"] == "dense"
@@ -268,13 +276,13 @@ def test_bench_report_schema_and_files(checkpoint, tmp_path):
 def test_config_overrides_make_one_skim_variant_each(checkpoint):
     assert bench.parse_overrides(["skim_bias_init=0,1.5"]) == [{"skim_bias_init": 0}, {"skim_bias_init": 1.5}]
     assert bench.parse_overrides(["a=1,2", "b=x"]) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
-    models, _ = bench.load_variants(checkpoint, variants=("skim",), overrides=[{"gumbel_tau": 0.5}, {"gumbel_tau": 2}])
+    models, _ = load_variants(checkpoint, variants=("skim",), overrides=[{"gumbel_tau": 0.5}, {"gumbel_tau": 2}])
     assert list(models) == ["skim[gumbel_tau=0.5]", "skim[gumbel_tau=2]"]
     assert models["skim[gumbel_tau=2]"].config.gumbel_tau == 2
 
 
 def test_peak_memory_reports_a_number_on_cpu():
-    with bench.PeakMemory("cpu") as pm:
+    with PeakMemory("cpu") as pm:
         x = torch.ones(4_000_000)  # 16 MB, touched
         x += 1
     assert pm.peak_mib is None or pm.peak_mib >= 0
@@ -308,7 +316,7 @@ def test_bench_on_pretrained_minilm(tmp_path):
 
     AutoTokenizer.from_pretrained(gt.get_model_path()).save_pretrained(path)
     data = toy_data(n=16)
-    report = bench.benchmark([path], data, [8], repeats=1, progress=False, log=None)
+    report = benchmark([path], data, [8], repeats=1, progress=False, log=None)
     off = next(r for r in report["records"] if r["variant"] == "engine_off")
     assert off["max_abs_logit_diff_vs_dense"] < 1e-4
 
@@ -319,7 +327,6 @@ def test_synthetic_checkpoint_skims_to_the_target_flops(tmp_path):
 
     from transformers import BertTokenizerFast
 
-    from tokenskim.trainers.bench import BenchData, accounting, make_batches, run_pass, tokenize
     from tokenskim.trainers.synthetic import save_synthetic
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(50)]

@@ -126,13 +126,26 @@ def test_dense_baseline_and_custom_csv(tiny_dir, tmp_path):
     assert json.loads((tmp_path / "ev" / "eval_results.json").read_text())["accuracy"] == results["accuracy"]
 
 
-def test_resume_from_checkpoint(tiny_dir, tmp_path):
+def test_resume_from_checkpoint(tiny_dir, tmp_path, monkeypatch):
     out = tmp_path / "resume"
     base = ["--model", tiny_dir, *SST2, *FAST, "--output-dir", str(out), "--save-strategy", "steps",
             "--save-steps", "2", "--eval-strategy", "no"]
     assert command("train", [*base, "--max-steps", "2"]) == 0
-    assert (out / "checkpoint-2").is_dir()
+    assert (out / "checkpoint-2").is_dir() and (out / "stage.json").is_file()
+
+    # a finished run is not trained again
+    from tokenskim.trainers.trainer import SkimTrainer
+
+    trained = []
+    original = SkimTrainer.train
+    monkeypatch.setattr(SkimTrainer, "train", lambda self, **kw: trained.append(kw) or original(self, **kw))
+    assert command("train", [*base, "--max-steps", "2"]) == 0
+    assert trained == []
+
+    # one interrupted after checkpoint-2 (no stage.json) continues from it
+    (out / "stage.json").unlink()
     assert command("train", [*base, "--max-steps", "4", "--resume-from-checkpoint", "auto"]) == 0
+    assert trained == [{"resume_from_checkpoint": str(out / "checkpoint-2")}]
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     steps = [h["step"] for h in state["log_history"] if "loss" in h]
@@ -147,6 +160,10 @@ def test_resume_from_checkpoint(tiny_dir, tmp_path):
         ([*SST2, "--text-columns", "review"], ValueError, r"column\(s\) \['review'\] not found"),
         ([*SST2, "--method", "dense", "--skim-coefficient", "1"], ValueError, "--skim-coefficient do.* not apply"),
         ([*SST2, "--resume-from-checkpoint", "/no/such/ckpt"], FileNotFoundError, "checkpoint folder not found"),
+        ([*SST2, "--method", "block-skim"], ValueError, "block-skim has no sequence-classification head"),
+        ([*SST2, "--method", "early-exit", "--selector-learning-rate", "1e-3"], ValueError, "trains no token selector"),
+        ([*SST2, "--finetuned", "some/checkpoint"], ValueError, "transkimmer trains in one stage"),
+        ([*SST2, "--method", "ltp", "--stage-epochs", "1,2"], ValueError, "one of epochs per stage"),
     ],
 )
 def test_clear_errors(tiny_dir, tmp_path, argv, error, match):

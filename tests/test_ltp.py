@@ -1,5 +1,5 @@
 """Learned Token Pruning on the shared engine: attention probabilities only where a layer prunes, thresholds,
-soft/hard training signals, the budget loss, the threshold optimizer group. The invariants every family keeps
+soft/hard training signals, the budget loss, the thresholds' learning rate. The invariants every family keeps
 (exactness with pruning off, batch invariance, rows processed, edge cases, Hub round trip, Auto registration) are
 in test_invariants.py."""
 
@@ -9,11 +9,11 @@ from conftest import MIXED_LENGTHS, load_as, mixed_batch, tiny_config
 from transformers import BertForSequenceClassification
 
 import tokenskim.modeling.engine as engine_module
+from tokenskim.trainers.trainer import move_to_own_groups, selector_parameter_names
 from tokenskim.modeling import (
     LTPBertForSequenceClassification,
     LTPRobertaForSequenceClassification,
     keep_ratio_loss,
-    ltp_parameter_groups,
     threshold_parameters,
 )
 
@@ -137,7 +137,8 @@ def test_soft_training_learns_to_prune():
     with torch.no_grad():
         before = model(**batch).ffn_tokens.sum().item()
     model.train()
-    opt = torch.optim.AdamW(ltp_parameter_groups(model, lr=1e-4, threshold_lr=5e-3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    move_to_own_groups(opt, threshold_parameters(model), lr=5e-3)  # SkimTrainer's --selector-learning-rate
     for _ in range(15):
         opt.zero_grad()
         model(**batch, labels=labels).loss.backward()
@@ -149,21 +150,13 @@ def test_soft_training_learns_to_prune():
     assert after < before
 
 
-def test_threshold_optimizer_group():
+def test_the_selector_learning_rate_reaches_the_thresholds_only():
+    """SkimTrainer gives `selector_parameter_names` their own learning rate (the soft-pruning stage's
+    --selector-learning-rate): for LTP, the threshold offsets and nothing else."""
     model = pruning_model()
-    model.bert.embeddings.word_embeddings.weight.requires_grad = False
-    groups = ltp_parameter_groups(model, lr=2e-5, threshold_lr=1e-2, weight_decay=0.01)
     thresholds = threshold_parameters(model)
     assert len(thresholds) == 1 and thresholds[0] is model.bert.selector.threshold_offsets
-    owning = [g for g in groups if any(p is thresholds[0] for p in g["params"])]
-    assert len(owning) == 1 and owning[0]["params"] == thresholds
-    assert owning[0]["lr"] == 1e-2 and owning[0]["weight_decay"] == 0.0
-    ids = [id(p) for g in groups for p in g["params"]]
-    trainable = [id(p) for p in model.parameters() if p.requires_grad]
-    assert sorted(ids) == sorted(trainable)  # each trainable parameter exactly once, frozen ones left out
-    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert id(model.bert.encoder.layer[0].output.LayerNorm.weight) not in decayed
-    assert id(model.bert.encoder.layer[0].output.dense.weight) in decayed
+    assert selector_parameter_names(model) == {"bert.selector.threshold_offsets"}
 
 
 def test_offsets_start_at_zero_and_survive_save_load():

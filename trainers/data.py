@@ -1,26 +1,33 @@
-"""Datasets for fine-tuning and evaluation: the GLUE tasks, IMDB, 20 Newsgroups and AG News from local
-files (the layout of `../shared/data`, see its README) or the Hub, and the user's own CSV/TSV/JSON files.
+"""Datasets for fine-tuning and evaluation: the GLUE tasks, IMDB, 20 Newsgroups, AG News and SQuAD v1.1/v2.0
+from local files (the layout of `../shared/data`, see its README) or the Hub, and the user's own CSV/TSV/JSON
+files (SQuAD-format JSON for the QA tasks, read by `squad.py`, which also windows QA rows into features).
 
 Everything ends as a `DatasetDict` with `train` and/or `validation` splits whose rows carry the task's
 text column(s) and label column; `tokenize` turns them into `input_ids`, `attention_mask`,
-(`token_type_ids`) and `labels`, unpadded: `collator` pads each batch to its own longest row.
+(`token_type_ids`) and `labels`, unpadded: `pad_batch` (the Trainer's `collator`, and the benchmark's batches)
+pads each batch to its own longest row.
 """
 
 import csv
 import dataclasses
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from transformers import DataCollatorWithPadding
+import torch
 
+from . import squad
 from .errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation")
+# The model head a task needs (TaskSpec.head); sequence classification covers regression.
+SEQUENCE_CLASSIFICATION = "sequence-classification"
+QUESTION_ANSWERING = "question-answering"
 
 # GLUE TSVs contain stray `"` (QNLI, MRPC): they must be read with quoting off, as the GLUE processors do.
 GLUE_TSV = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
@@ -45,6 +52,8 @@ class LocalFile:
 class TaskSpec:
     """What a task's rows look like and how it is scored.
 
+    head: the model head the task needs, SEQUENCE_CLASSIFICATION (classification or regression) or
+        QUESTION_ANSWERING (extractive QA: rows in SQuAD's columns, see squad.py).
     text_columns: one column, or a pair for sentence-pair tasks.
     labels: the raw label values in id order (as they appear in the local files), or None for regression.
     label_names: human-readable names in the same order (the model's `id2label`); defaults to the labels.
@@ -64,18 +73,25 @@ class TaskSpec:
     local: dict = field(default_factory=dict)
     split_from: tuple | None = None
     hub: tuple | None = None
+    head: str = SEQUENCE_CLASSIFICATION
+
+    @property
+    def is_qa(self) -> bool:
+        return self.head == QUESTION_ANSWERING
 
     @property
     def is_regression(self) -> bool:
-        return self.labels is None
+        return self.labels is None and not self.is_qa
 
     @property
     def num_labels(self) -> int:
+        if self.is_qa:
+            return 2  # start and end logits, as transformers' QA heads
         return 1 if self.is_regression else len(self.labels)
 
     @property
     def id2label(self) -> dict | None:
-        if self.is_regression:
+        if self.is_regression or self.is_qa:
             return None
         return {i: str(name) for i, name in enumerate(self.label_names or self.labels)}
 
@@ -159,8 +175,20 @@ TASKS = {
         split_from=("test", 0.2, 42),
         hub=None,  # the Hub copy has one "text" column and labels 0-3; use --dataset-name fancyzhx/ag_news
     ),
+    # Only the dev files are local: train with the Hub, your own files, or --article-split of the dev file.
+    "squad": TaskSpec(
+        "squad", ("question", "context"), label_column="answers", labels=None, head=QUESTION_ANSWERING,
+        local={"validation": LocalFile("squad/dev-v1.1.json", "squad")},
+        hub=("rajpurkar/squad", None, {"train": "train", "validation": "validation"}),
+    ),
+    "squad_v2": TaskSpec(
+        "squad_v2", ("question", "context"), label_column="answers", labels=None, head=QUESTION_ANSWERING,
+        local={"validation": LocalFile("squad/dev-v2.0.json", "squad")},
+        hub=("rajpurkar/squad_v2", None, {"train": "train", "validation": "validation"}),
+    ),
 }
-ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "20news": "20newsgroups", "agnews": "ag_news", "ag-news": "ag_news"}
+ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "20news": "20newsgroups", "agnews": "ag_news", "ag-news": "ag_news",
+           "squad1": "squad", "squad_v1": "squad", "squad-v2": "squad_v2", "squad2": "squad_v2"}
 
 
 def get_task(name: str) -> TaskSpec:
@@ -196,6 +224,8 @@ def hub_is_offline() -> bool:
 
 
 def read_file(builder: str, path, **read) -> datasets.Dataset:
+    if builder == "squad":
+        return squad.read_squad_file(path)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
@@ -231,9 +261,10 @@ def load_local_task(spec: TaskSpec, data_dir, splits=SPLITS) -> datasets.Dataset
         return datasets.DatasetDict({s: out[s] for s in splits})
     for split in splits:
         if split not in spec.local:
+            also = ", or --article-split to split the validation file by article" if spec.is_qa else ""
             raise FileNotFoundError(
                 f"{spec.name}: no local {split} split in the shared data (see its README); "
-                f"give --{split}-file, or use the Hub when online"
+                f"give --{split}-file{also}, or use the Hub when online"
             )
         f = spec.local[split]
         out[split] = read_file(f.builder, data_dir / f.path, **f.read)
@@ -260,11 +291,12 @@ def file_read_options(path) -> tuple:
     raise UsageError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
 
 
-def load_files(train_file=None, validation_file=None) -> datasets.DatasetDict:
+def load_files(train_file=None, validation_file=None, squad_format=False) -> datasets.DatasetDict:
+    """The user's files; `squad_format`: SQuAD-format JSON (or JSON lines in the Hub's columns), for QA tasks."""
     out = datasets.DatasetDict()
     for split, path in (("train", train_file), ("validation", validation_file)):
         if path is not None:
-            builder, read = file_read_options(path)
+            builder, read = ("squad", {}) if squad_format else file_read_options(path)
             out[split] = read_file(builder, path, **read)
     return out
 
@@ -313,17 +345,29 @@ def load_task(
     label_column=None,
     problem_type=None,
     splits=SPLITS,
+    article_split=None,
 ) -> tuple:
     """Loads the requested splits and returns `(DatasetDict, TaskSpec)`.
 
     Sources, first match wins: the user's files (`train_file` / `validation_file`), a Hub dataset
     (`dataset_name`, whose `validation_split` is read as validation), a known task's local files
     (`data_dir`, else `default_data_dir()`), a known task's Hub copy when online. `text_columns` /
-    `label_column` override the task's columns.
+    `label_column` override the task's columns. `article_split` `(eval fraction, seed)` (QA tasks): the
+    validation data, from the same sources, is split by article into train and validation (`squad.split_by_article`).
     """
     spec = get_task(task) if task else None
+    if article_split is not None:
+        if spec is None or not spec.is_qa:
+            raise UsageError("--article-split splits SQuAD-style data by article: give --task squad or squad_v2")
+        if train_file:
+            raise UsageError("--article-split splits the validation data into both parts: drop --train-file")
+        raw, spec = load_task(task, data_dir, None, validation_file, dataset_name, dataset_config, validation_split,
+                              text_columns, label_column, splits=("validation",))
+        parts = dict(zip(SPLITS, squad.split_by_article(raw["validation"], *article_split)))
+        return datasets.DatasetDict({s: parts[s] for s in splits}), spec
     if train_file or validation_file:
-        raw = load_files(train_file if "train" in splits else None, validation_file if "validation" in splits else None)
+        raw = load_files(train_file if "train" in splits else None, validation_file if "validation" in splits else None,
+                         squad_format=spec is not None and spec.is_qa)
         missing = [s for s in splits if s not in raw]
         if missing:
             raise UsageError(f"no {missing[0]} data: give --{missing[0]}-file")
@@ -408,9 +452,33 @@ def encode_texts(tokenizer, rows: dict, text_columns, max_length: int):
     return tokenizer(*texts, truncation=True, max_length=max_length)
 
 
+def pad_batch(features: list, pad_token_id: int, pad_to_multiple_of: int | None = None) -> dict:
+    """Unpadded rows `[{key: token list or value}]` -> one batch of tensors, right-padded to its longest row.
+
+    Token lists become `[batch, seq]` long tensors: `input_ids` padded with `pad_token_id`, the others
+    (`token_type_ids`, `attention_mask`) with 0; an absent `attention_mask` is added (1 on real tokens).
+    Per-row values (`labels`) are stacked to `[batch]`.
+    """
+    lengths = [len(f["input_ids"]) for f in features]
+    seq = max(lengths)
+    if pad_to_multiple_of:
+        seq = -(-seq // pad_to_multiple_of) * pad_to_multiple_of
+    if "attention_mask" not in features[0]:
+        features = [{**f, "attention_mask": [1] * n} for f, n in zip(features, lengths)]
+    batch = {}
+    for key in features[0]:
+        values = [f[key] for f in features]
+        if isinstance(values[0], (list, tuple)):
+            fill = pad_token_id if key == "input_ids" else 0
+            batch[key] = torch.tensor([list(v) + [fill] * (seq - len(v)) for v in values], dtype=torch.long)
+        else:
+            batch[key] = torch.tensor(values)
+    return batch
+
+
 def collator(tokenizer, pad_to_multiple_of=None):
-    """Dynamic padding: each batch is padded to its own longest row, never to `max_length`."""
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+    """Dynamic padding for `Trainer`: each batch is padded to its own longest row, never to `max_length`."""
+    return functools.partial(pad_batch, pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
 
 
 def subsample(ds: datasets.Dataset, n: int | None, seed: int = 42) -> datasets.Dataset:

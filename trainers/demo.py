@@ -18,8 +18,13 @@ from pathlib import Path
 
 import torch
 
-from . import data, metrics, modelcard
-from .train import fine_tune, save_hub_folder
+from transformers import AutoTokenizer
+
+from . import data, metrics, modelcard, recipes
+from .bench.inputs import make_batches
+from .bench.timing import measure_throughput
+from .evaluate import task_inputs
+from .train import save_hub_folder, task_config, train_stage
 
 SAMPLE_TRAIN = "sst2_train_sample.tsv"
 SAMPLE_DEV = "sst2_dev.tsv"
@@ -79,31 +84,13 @@ def demo_training_args(output_dir, args, epochs, **overrides):
     )
 
 
-def eval_batches(dataset, tokenizer, batch_size: int, sort_by_length: bool = False) -> list:
-    """The tokenized dev set as padded input dicts (labels dropped), in file order or longest first (what a
-    careful user does offline to cut padding)."""
-    collate = data.collator(tokenizer)
-    rows = [dataset[i] for i in range(dataset.num_rows)]
-    if sort_by_length:
-        rows.sort(key=lambda r: -len(r["input_ids"]))
-    batches = []
-    for s in range(0, len(rows), batch_size):
-        batch = dict(collate(rows[s : s + batch_size]))
-        batch.pop("labels", None)
-        batches.append(batch)
-    return batches
-
-
 def time_models(models: dict, batches: dict, repeats: int = 3, warmup: int = 2) -> dict:
-    """Seconds per pass over each model's batches (`{name: list}`, the same examples): median of `repeats`
-    passes, interleaved batch by batch (the benchmark's timer), so load drift on a shared machine hits every
-    model alike. Batches go to the models' device."""
-    from .bench import measure_throughput
-
+    """Seconds per pass over each model's batches (`{name: [Batch]}`, the same examples, on the models' device):
+    median of `repeats` passes, interleaved batch by batch (the benchmark's timer), so load drift on a shared
+    machine hits every model alike."""
     device = next(next(iter(models.values())).parameters()).device
     for m in models.values():
         m.eval()
-    batches = {name: [{k: v.to(device) for k, v in b.items()} for b in bs] for name, bs in batches.items()}
     stats = measure_throughput(models, batches, repeats=repeats, warmup=warmup, device=device.type, progress=True)
     return {name: statistics.median(s.pass_seconds) for name, s in stats.items()}
 
@@ -132,19 +119,24 @@ def run(args):
     names = metrics.metric_names(spec.name)
 
     print("\n[1/3] fine-tuning the dense baseline (stock transformers)")
-    dense_trainer, dense_results = fine_tune(
-        "dense", base, raw, spec, demo_training_args(out / "dense", args, args.epochs), max_length=args.max_length,
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    inputs = task_inputs(spec, raw, tokenizer, args.max_length)
+    dense_trainer, dense_results = train_stage(
+        recipes.load_model("dense", base, **task_config(spec)), tokenizer, inputs,
+        demo_training_args(out / "dense", args, args.epochs), num_examples=raw["validation"].num_rows,
     )
     save_hub_folder(dense_trainer, dense_results, spec, method="dense", base_model=base, command=command,
                     max_length=args.max_length, train_rows=raw["train"].num_rows)
 
     print("\n[2/3] fine-tuning Transkimmer from the dense model")
-    skim_trainer, skim_results = fine_tune(
-        "transkimmer", str(out / "dense"), raw, spec, demo_training_args(out / "transkimmer", args, args.skim_epochs),
-        hyperparameters={"skim_coefficient": args.skim_coefficient, "target_keep_ratio": args.target_keep_ratio,
-                         "gumbel_noise": False},
-        max_length=args.max_length, selector_learning_rate=args.selector_learning_rate,
-        skim_warmup_steps=args.skim_warmup_steps,
+    skim_model = recipes.load_model(
+        "transkimmer", str(out / "dense"), {"skim_coefficient": args.skim_coefficient,
+                                            "target_keep_ratio": args.target_keep_ratio, "gumbel_noise": False},
+        **task_config(spec),
+    )
+    skim_trainer, skim_results = train_stage(
+        skim_model, tokenizer, inputs, demo_training_args(out / "transkimmer", args, args.skim_epochs),
+        num_examples=raw["validation"].num_rows, selector_learning_rate=args.selector_learning_rate, skim_warmup_steps=args.skim_warmup_steps,
     )
     save_hub_folder(skim_trainer, skim_results, spec, method="transkimmer", base_model=base, command=command,
                     max_length=args.max_length, train_rows=raw["train"].num_rows,
@@ -153,16 +145,18 @@ def run(args):
                                     "selector learning rate": args.selector_learning_rate})
 
     print("\n[3/3] timing both models on the dev set (same batches, interleaved)")
-    tokenizer = skim_trainer.processing_class
     dev = data.tokenize({"validation": raw["validation"]}, tokenizer, spec, args.max_length)["validation"]
-    batches = eval_batches(dev, tokenizer, args.batch_size)
+    features = [{k: v for k, v in row.items() if k != "labels"} for row in dev]
+    device = skim_trainer.model.device
+    batches = make_batches(features, args.batch_size, tokenizer.pad_token_id, device=device)
     # the same Transkimmer weights with skimming off separate the two sources of speed: no padding, fewer tokens
-    engine_off = type(skim_trainer.model).from_pretrained(out / "transkimmer", skim_enabled=False).to(
-        skim_trainer.model.device)
+    engine_off = type(skim_trainer.model).from_pretrained(out / "transkimmer", skim_enabled=False).to(device)
     models = {"dense": dense_trainer.model, "dense_sorted": dense_trainer.model, "engine_off": engine_off,
               "transkimmer": skim_trainer.model}
     per_model = {name: batches for name in models}
-    per_model["dense_sorted"] = eval_batches(dev, tokenizer, args.batch_size, sort_by_length=True)
+    # what a careful user does offline to cut padding: batches of similar lengths
+    per_model["dense_sorted"] = make_batches(features, args.batch_size, tokenizer.pad_token_id, sort_by_length=True,
+                                             device=device)
     seconds = time_models(models, per_model, args.timing_repeats)
 
     rows = []

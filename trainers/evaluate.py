@@ -2,6 +2,9 @@
 validation split, printed and written to a JSON file.
 
     tokenskim evaluate --model DIR --task sst2 [--data-dir DIR] [--batch-size 32] [--output-dir OUT]
+    tokenskim evaluate --model QA_DIR --task squad [--validation-file dev-v1.1.json [--article-split 0.2]]
+
+Extractive QA checkpoints (`--task squad` / `squad_v2`) report the official SQuAD EM/F1 over text answers.
 
 `DIR/eval_results.json` is the training record the model card was written from, so an evaluation never
 replaces it: next to the model it goes to `eval_results_<task>_<split>.json`; with `--output-dir` (another
@@ -11,19 +14,22 @@ folder) to `OUT/eval_results.json`.
 import argparse
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
+from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 
-from . import data, metrics
+from . import data, metrics, squad
 from .errors import UsageError
 from .trainer import SkimTrainer
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "eval_results.json"
+AUTO_CLASSES = {data.SEQUENCE_CLASSIFICATION: AutoModelForSequenceClassification,
+                data.QUESTION_ANSWERING: AutoModelForQuestionAnswering}
 
 
 def add_data_arguments(parser):
@@ -57,6 +63,7 @@ def add_arguments(parser):
                         f"in the model folder when local, else in the working directory; the model's own {RESULTS_FILE}, "
                         "its training record, is never replaced)")
     parser.add_argument("--seed", type=int, default=42, help="seed of --max-eval-samples' subset")
+    squad.add_arguments(parser)
 
 
 def load_eval_data(args, label2id=None):
@@ -65,16 +72,17 @@ def load_eval_data(args, label2id=None):
         task=args.task, data_dir=args.data_dir, train_file=None, validation_file=args.validation_file,
         dataset_name=args.dataset_name, dataset_config=args.dataset_config, validation_split=args.validation_split,
         text_columns=args.text_columns, label_column=args.label_column, problem_type=args.problem_type,
-        splits=("validation",),
+        splits=("validation",), article_split=getattr(args, "article_split", None),
     )
     return data.subsample(raw["validation"], args.max_eval_samples, getattr(args, "seed", 42)), spec
 
 
-def load_classifier(name_or_path, dtype=None):
-    """`(model, tokenizer)` of a sequence-classification checkpoint folder or Hub name, the model in eval mode."""
+def load_classifier(name_or_path, dtype=None, head=data.SEQUENCE_CLASSIFICATION):
+    """`(model, tokenizer)` of a checkpoint folder or Hub name with the task's `head` (`data.SEQUENCE_CLASSIFICATION`
+    or `data.QUESTION_ANSWERING`), the model in eval mode."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dtype)
+        model = AUTO_CLASSES[head].from_pretrained(name_or_path, dtype=dtype)
     except OSError as e:  # transformers' "not a local folder and not a valid model identifier", many lines long
         raise UsageError(f"cannot load model {name_or_path!r} ({str(e).splitlines()[0]}): "
                          "give a checkpoint folder or a Hub model name") from e
@@ -82,6 +90,13 @@ def load_classifier(name_or_path, dtype=None):
 
 
 def check_model_fits_task(config, spec):
+    qa_model = any("QuestionAnswering" in name for name in (config.architectures or ()))
+    if qa_model and not spec.is_qa:
+        raise UsageError(f"the model answers questions (architectures {config.architectures}); task {spec.name!r} "
+                         "is classification: evaluate it with --task squad or squad_v2")
+    if spec.is_qa and not qa_model:
+        raise UsageError(f"the model has no question-answering head (architectures {config.architectures}): "
+                         f"fine-tune it first with tokenskim train --task {spec.name}")
     if config.num_labels != spec.num_labels:
         raise UsageError(
             f"the model has {config.num_labels} output(s) but task {spec.name!r} needs {spec.num_labels}; "
@@ -121,17 +136,33 @@ def strip_prefix(metrics_dict: dict, prefix: str = "eval") -> dict:
     return out
 
 
-def evaluate_model(model, tokenizer, dataset, spec, batch_size=32, max_length=128, label2id=None, output_dir=None) -> dict:
+def task_inputs(spec, raw, tokenizer, max_length: int, label2id=None, qa_options=None) -> dict:
+    """What `SkimTrainer` takes for a task's data: `train_dataset` / `eval_dataset` made from the `train` /
+    `validation` rows in `raw`, `data_collator` and `compute_metrics`.
+
+    Classification: tokenized rows, dynamic padding, the task's metrics. Extractive QA (`spec.is_qa`):
+    windowed features (`qa_options`, a `squad.QAOptions`), text answers scored with SQuAD's EM/F1 (squad.py).
+    """
+    if spec.is_qa:
+        return squad.trainer_inputs(raw, tokenizer, spec, max_length, qa_options or squad.QAOptions())
+    tokenized = data.tokenize(raw, tokenizer, spec, max_length, label2id=label2id)
+    return {
+        "train_dataset": tokenized.get("train"), "eval_dataset": tokenized.get("validation"),
+        "data_collator": data.collator(tokenizer),
+        "compute_metrics": metrics.build_compute_metrics(spec.name, spec.is_regression, spec.num_labels),
+    }
+
+
+def evaluate_model(model, tokenizer, dataset, spec, batch_size=32, max_length=128, label2id=None, output_dir=None,
+                   qa_options=None) -> dict:
     """Task metrics, kept-token ratio, FLOPs ratio and per-layer keep rates of `model` on `dataset` (raw rows)."""
-    tokenized = data.tokenize({"validation": dataset}, tokenizer, spec, max_length, label2id=label2id)["validation"]
+    inputs = task_inputs(spec, {"validation": dataset}, tokenizer, max_length, label2id, qa_options)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=output_dir or tmp, per_device_eval_batch_size=batch_size, report_to=[],
                                  dataloader_pin_memory=torch.cuda.is_available())
-        trainer = SkimTrainer(
-            model=model, args=args, processing_class=tokenizer, data_collator=data.collator(tokenizer),
-            compute_metrics=metrics.build_compute_metrics(spec.name, spec.is_regression, spec.num_labels),
-        )
-        results = strip_prefix(trainer.evaluate(eval_dataset=tokenized))
+        trainer = SkimTrainer(model=model, args=args, processing_class=tokenizer, data_collator=inputs["data_collator"],
+                              compute_metrics=inputs["compute_metrics"])
+        results = strip_prefix(trainer.evaluate(eval_dataset=inputs["eval_dataset"]))
     results["num_examples"] = dataset.num_rows
     return results
 
@@ -147,9 +178,12 @@ def evaluation_file(task: str, split: str) -> str:
 
 
 def write_results(output_dir, record: dict, name: str = RESULTS_FILE) -> Path:
+    """Writes `record` as JSON. A non-finite number (a QA model's evaluation loss is infinite once it skipped a
+    reference answer's position) is written as null: `Infinity` and `NaN` are not JSON."""
     path = Path(output_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path
 
 
@@ -172,16 +206,19 @@ def results_path(args, task: str, split: str = "validation") -> tuple:
 
 
 def run(args):
-    model, tokenizer = load_classifier(args.model)
     custom = not args.task
+    head = data.get_task(args.task).head if args.task else data.SEQUENCE_CLASSIFICATION
+    model, tokenizer = load_classifier(args.model, head=head)
     dataset, spec = load_eval_data(args)
     check_model_fits_task(model.config, spec)
     max_length = args.max_length or default_max_length(tokenizer, model.config)
+    qa_options = squad.options_from_args(args, model.config) if spec.is_qa else None
     results = evaluate_model(
         model, tokenizer, dataset, spec, args.batch_size, max_length,
-        label2id=model.config.label2id if custom and not spec.is_regression else None,
+        label2id=model.config.label2id if custom and not spec.is_regression else None, qa_options=qa_options,
     )
-    record = results_record(results, args.model, spec.name, max_length=max_length)
+    extra = {"doc_stride": qa_options.doc_stride} if qa_options else {}
+    record = results_record(results, args.model, spec.name, max_length=max_length, **extra)
     folder, name = results_path(args, spec.name)
     path = write_results(folder, record, name)
     print(format_results(record, metrics.metric_names(spec.name, spec.is_regression, spec.num_labels)))

@@ -6,6 +6,10 @@ blocks each token went through (`token_layers`, `token_ffn_layers`; every family
 decisions and early exits included); `drop_layers`, a pure function, turns them into one "drop layer" per token.
 It writes an HTML page and a PNG per text that colour each token by how many layers it went through, and
 `explain.json`.
+
+Extractive-QA checkpoints (Transkimmer-QA, Block-Skim) take the question as the text and the context as
+`--text-pair`; the prediction is the answer span, and a block Block-Skim skipped shows as its tokens leaving
+after the attention of the skim layer.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import os
 from dataclasses import asdict, dataclass
 
 import torch
+
+from .errors import UsageError
 
 BEFORE, AFTER = "before_layer", "after_attention"
 
@@ -67,7 +73,7 @@ class Explanation:
     drop_stage: list
     num_layers: int
     exit_layer: int
-    label: str
+    label: str  # the predicted class, or for QA the answer text
     probability: float | None
     kept_token_ratio: float
     flops_ratio: float
@@ -81,9 +87,16 @@ def explain_text(model, tokenizer, text, text_pair=None, max_length=None) -> Exp
         raise ValueError(f"{type(model).__name__} is not a tokenskim model: it drops no tokens")
     model.eval()
     device = next(model.parameters()).device
+    qa = "QuestionAnswering" in type(model).__name__
+    if qa and text_pair is None:
+        raise UsageError("a question-answering model needs a context: give the question as the text and the context "
+                         "as --text-pair")
     args = (text, text_pair) if text_pair is not None else (text,)
-    enc = tokenizer(*args, truncation=True, max_length=max_length or model.config.max_position_embeddings,
-                    return_tensors="pt")
+    enc = tokenizer(*args, truncation="only_second" if qa else True, return_offsets_mapping=qa,
+                    max_length=max_length or model.config.max_position_embeddings, return_tensors="pt")
+    if qa:  # each context token's character span, to turn the answer's tokens into text
+        context_offsets = [tuple(o) if s == 1 else None
+                           for o, s in zip(enc.pop("offset_mapping")[0].tolist(), enc.sequence_ids(0))]
     enc = {k: v.to(device) for k, v in enc.items()}
     with torch.inference_mode():
         out = model(**enc)
@@ -95,8 +108,10 @@ def explain_text(model, tokenizer, text, text_pair=None, max_length=None) -> Exp
     dense = flops.dense_flops(lengths, model.config)
     ours = flops.model_macs(model, out.kept_tokens.cpu(), out.ffn_tokens.cpu(),
                             out.exit_layer.cpu() if getattr(out, "exit_layer", None) is not None else None)
-    logits = out.logits[0].float()
-    if logits.numel() > 1:
+    if qa:
+        label = qa_answer(out.start_logits[0].float().cpu(), out.end_logits[0].float().cpu(), context_offsets, text_pair)
+        prob = None
+    elif (logits := out.logits[0].float()).numel() > 1:
         probs = torch.softmax(logits, -1)
         k = int(probs.argmax())
         label, prob = str(model.config.id2label.get(k, k)), float(probs[k])
@@ -108,6 +123,14 @@ def explain_text(model, tokenizer, text, text_pair=None, max_length=None) -> Exp
         probability=prob, kept_token_ratio=flops.kept_token_ratio(out.kept_tokens.cpu(), lengths),
         flops_ratio=flops.flops_ratio(dense, ours),
     )
+
+
+def qa_answer(start_logits, end_logits, offsets, context: str) -> str:
+    """The best answer span of one window as text ("" when no context position is left to answer from)."""
+    from .squad import best_span
+
+    span = best_span(start_logits.numpy(), end_logits.numpy(), offsets)
+    return "" if span is None else context[offsets[span[1]][0] : offsets[span[2]][1]]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -244,9 +267,12 @@ def add_arguments(parser):
 
 def explain(model_dir, texts, text_pairs=None, output_dir="explain_out", device="cpu", max_length=None) -> dict:
     """Loads a checkpoint, explains every text, writes explain.html, explain_<i>.png and explain.json."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True).to(device).eval()
+    architectures = AutoConfig.from_pretrained(model_dir, trust_remote_code=True).architectures or ()
+    qa = any("QuestionAnswering" in name for name in architectures)
+    auto = AutoModelForQuestionAnswering if qa else AutoModelForSequenceClassification
+    model = auto.from_pretrained(model_dir, trust_remote_code=True).to(device).eval()
     tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
     if text_pairs is not None and len(text_pairs) != len(texts):
         raise ValueError("give one --text-pair per text")

@@ -2,8 +2,9 @@
 `ModelCardData` metadata (model-index eval results, datasets as Hub ids, metrics, tags, base model, library)
 and a body from the templates in `model_cards/`.
 
-`model_cards/sequence_classification.md` is the body; `model_cards/method_<method>.md` holds a method's
-`## description` and `## limitations` paragraphs. A method without its own file gets a generic text.
+`model_cards/sequence_classification.md` (or `question_answering.md`, for extractive QA) is the body;
+`model_cards/method_<method>.md` holds a method's `## description` and `## limitations` paragraphs. A method
+without its own file gets a generic text.
 
 One card, three ways in: `tokenskim train` (via `train.save_hub_folder`), `SkimTrainer.save_model` from Python,
 and `SkimTrainer.create_model_card`, which `trainer.push_to_hub()` calls, so the pushed card is this one and
@@ -22,6 +23,11 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE = "sequence_classification.md"
+# head (data.SEQUENCE_CLASSIFICATION / QUESTION_ANSWERING) -> (body template, pipeline tag, task name on the Hub)
+HEADS = {
+    "sequence-classification": (TEMPLATE, "text-classification", "Text Classification"),
+    "question-answering": ("question_answering.md", "question-answering", "Question Answering"),
+}
 SKIM_KEYS = ("kept_token_ratio", "flops_ratio")
 # model_cards/ sits next to trainers/ both in the repository and in an installed tokenskim package. (Not
 # importlib.resources: an editable install can expose these packages as namespaces it cannot read.)
@@ -123,22 +129,23 @@ def shown_metrics(metrics: dict, metric_names) -> list:
 
 
 def card_data(*, model_name, method, base_model, task, split, metrics, metric_names, tags=(),
-              dataset_id=None, dataset_config=None) -> ModelCardData:
+              dataset_id=None, dataset_config=None, head="sequence-classification") -> ModelCardData:
     """The card's YAML metadata: model-index results (the task metrics and the skim ratios), datasets as Hub ids
     where known, metrics, language, license, tags (tokenskim and the method), base model, library."""
     if dataset_id is None:
         dataset_id, dataset_config = hub_dataset(task)
+    _, pipeline_tag, task_name = HEADS[head]
     results = [
-        EvalResult(task_type="text-classification", task_name="Text Classification", dataset_type=dataset_id or task,
+        EvalResult(task_type=pipeline_tag, task_name=task_name, dataset_type=dataset_id or task,
                    dataset_name=task, dataset_config=dataset_config, dataset_split=split, metric_type=name,
                    metric_name=name, metric_value=round(float(metrics[name]), 4))
         for name in shown_metrics(metrics, metric_names)
     ]
     return ModelCardData(
         model_name=model_name, language="en", license="apache-2.0", library_name="transformers",
-        pipeline_tag="text-classification", base_model=base_model_id(base_model),
+        pipeline_tag=pipeline_tag, base_model=base_model_id(base_model),
         datasets=[dataset_id] if dataset_id else None, metrics=list(metric_names) or None,
-        tags=list(dict.fromkeys(["tokenskim", method, "text-classification", *tags])), eval_results=results or None,
+        tags=list(dict.fromkeys(["tokenskim", method, pipeline_tag, *tags])), eval_results=results or None,
     )
 
 
@@ -162,11 +169,13 @@ def render(
     tags=(),
     dataset_id: str | None = None,
     dataset_config: str | None = None,
+    head: str = "sequence-classification",
 ) -> str:
     """The card's markdown: metadata from `card_data`, then the body template. `metrics`: the
     `eval_results.json` dict (keys without the `eval_` prefix), empty when the model was not evaluated;
     `metric_names`: the task metrics to show first (the main one first). `dataset_type` is kept for callers
-    of the old signature; the Hub id comes from `dataset_id` or the task."""
+    of the old signature; the Hub id comes from `dataset_id` or the task. `head` picks the body template and the
+    pipeline tag (`HEADS`)."""
     shown = shown_metrics(metrics, metric_names)
     hub_base = base_model_id(base_model)
     if dataset_id is None:
@@ -195,10 +204,10 @@ def render(
         "training_table": "\n".join(f"| {k} | {_fmt_setting(v)} |" for k, v in training.items()),
         "train_description": train_description,
     }
-    body = string.Template(read_template(TEMPLATE)).substitute(values)
+    body = string.Template(read_template(HEADS[head][0])).substitute(values)
     data = card_data(model_name=model_name, method=method, base_model=base_model, task=task, split=split,
                      metrics=metrics, metric_names=metric_names, tags=tags, dataset_id=dataset_id,
-                     dataset_config=dataset_config)
+                     dataset_config=dataset_config, head=head)
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
@@ -231,14 +240,14 @@ def trainer_card_arguments(trainer, output_dir=None) -> dict:
     the task, the command, the training table."""
     from . import metrics as task_metrics
     from .evaluate import results_record
-    from .methods import method_of
+    from .recipes import method_of_class
 
     context = dict(getattr(trainer, "card_context", None) or {})
     model, args = trainer.model, trainer.args
     config = model.config
     output_dir = str(output_dir or args.output_dir)
     task = context.get("task") or getattr(config, "finetuning_task", None) or "custom"
-    method = context.get("method") or method_of(model)
+    method = context.get("method") or method_of_class(type(model))
     max_length = getattr(config, "training_max_length", None) or "?"
     if "metrics" not in context:
         results = last_evaluation(trainer)
@@ -246,12 +255,15 @@ def trainer_card_arguments(trainer, output_dir=None) -> dict:
             results["num_examples"] = len(trainer.eval_dataset)
         context["metrics"] = results_record(results, output_dir, task, method=method, max_length=max_length) if results else {}
     regression = config.problem_type == "regression" or config.num_labels == 1
+    qa = "QuestionAnswering" in type(model).__name__
     defaults = {
         "model_name": Path(output_dir).resolve().name,
         "method": method,
         "base_model": str(getattr(model, "name_or_path", "") or "unknown"),
         "task": task,
-        "task_description": "regression" if regression else f"{config.num_labels}-way classification",
+        "task_description": "extractive question answering" if qa else "regression" if regression
+        else f"{config.num_labels}-way classification",
+        "head": "question-answering" if qa else "sequence-classification",
         "split": "validation",
         "metric_names": task_metrics.metric_names(task, regression, config.num_labels),
         "command": "# fine-tuned from Python with tokenskim's SkimTrainer (no command line)",

@@ -56,7 +56,7 @@ def synthetic_model(config: BertConfig, seed: int = 0):
 
 def fit_keep_threshold(model, batches, num_examples: int, target_flops: float) -> float:
     """Sets (and returns) the model's `keep_threshold` so that its FLOPs ratio on `batches` reaches `target_flops`."""
-    from .bench import accounting, run_pass
+    from .bench.passes import accounting, run_pass
     from .calibrate import search
 
     def evaluate(value):

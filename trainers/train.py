@@ -1,24 +1,46 @@
-"""`tokenskim train`: fine-tune a checkpoint with a token-skimming method (or the dense baseline) and
-write a Hub-ready folder: safetensors weights, config, remote code, tokenizer, `eval_results.json` and a
-model card (README.md) with the real results and the command that produced them.
+"""`tokenskim train`: fine-tune a checkpoint with any method of the recipe table (trainers/recipes.py) and write a
+Hub-ready folder: safetensors weights, config, remote code, tokenizer, `eval_results.json` and a model card
+(README.md) with the real results and the command that produced them.
 
     tokenskim train --method transkimmer --model PATH_OR_NAME --task sst2 --output-dir out/ \\
         [--skim-coefficient 0.5] [--learning-rate 2e-5 --num-train-epochs 3 ... any TrainingArguments flag]
+    tokenskim train --method magic-pyramid --model PATH --task ag_news --output-dir out/ --stage-epochs 3,1,2,2
+    tokenskim train --method sttabt --model PATH --task sst2 --output-dir out/ --max-train-samples 20000
+    tokenskim train --method block-skim --model PATH --task squad --output-dir out/ [--doc-stride 128]
 
-Interrupted runs continue with `--resume-from-checkpoint auto` (or a checkpoint folder).
+Every method runs the same way: data, evaluation split, stages, resume, Hub folder and model card. The task picks
+the head: classification and regression tasks train a method's sequence-classification class, `--task squad` /
+`squad_v2` its question-answering class (windowed contexts, SQuAD EM/F1; trainers/squad.py).
+- The recipe's stages run in order, each from the model the stage before it saved. A one-stage recipe (dense,
+  transkimmer, block-skim) trains in the output folder itself; in a recipe of several, stage N is saved, Hub-ready,
+  in `output-dir/stage-N-<name>` and the final stage's files are copied to the output folder.
+- `output-dir/schedule.json` lists every stage's evaluation. A stage whose folder holds `stage.json` is complete and
+  skipped when the command runs again (delete that file to train it again); an interrupted stage resumes from its
+  newest Trainer checkpoint, or from `--resume-from-checkpoint FOLDER`.
+- Epochs and learning rate of a stage: `--stage-epochs` / `--stage-learning-rates` (one per stage, or one for all),
+  else the stage's own (trainers/stages.py), else `--num-train-epochs` / `--learning-rate`.
+- `--finetuned PATH` skips a recipe's first stage when it is a plain fine-tune and starts from PATH (for instance
+  the dense baseline), so several methods can share one fine-tune.
+
+Where we deviate from the Magic Pyramid paper: the exit heads start as copies of the fine-tuned final head
+(`--exit-head-init classifier`, the default; `random` is FastBERT's), which gives them a useful start on
+small training budgets.
 """
 
 import dataclasses
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import data, metrics, methods, modelcard
+from . import data, metrics, modelcard, recipes, squad
 from .errors import UsageError
-from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, tokenizer_limit
+from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, task_inputs, tokenizer_limit
+from .stages import prepare_stage
 from .trainer import SkimTrainer
 
 logger = logging.getLogger(__name__)
@@ -37,6 +59,8 @@ TRAINING_DEFAULTS = {
     "dataloader_pin_memory": torch.cuda.is_available(),  # pinning only helps (and only works) with a GPU
 }
 DEFAULT_MAX_LENGTH = 128
+DONE_FILE = "stage.json"
+SUMMARY_FILE = "schedule.json"
 
 
 # The command line's parser is a `transformers.HfArgumentParser` of these (cli.py): every TrainingArguments field
@@ -58,54 +82,76 @@ def training_arguments(args) -> TrainingArguments:
 
 def add_method_arguments(parser):
     g = parser.add_argument_group("method")
-    g.add_argument("--method", default="transkimmer", choices=list(methods.METHODS),
-                   help="transkimmer (default) or dense (the stock transformers baseline)")
+    g.add_argument("--method", default="transkimmer", choices=list(recipes.RECIPES), metavar="METHOD",
+                   help="; ".join(f"{name}: {r.description}" for name, r in recipes.RECIPES.items())
+                   + ". Default: transkimmer")
     g.add_argument("--model", required=True, help="checkpoint folder or Hub name (any BERT/RoBERTa)")
-    for name, (type_, help_) in methods.HYPERPARAMETERS.items():
-        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type_, help=help_ + " (default: the checkpoint's)")
+    for name, (type_, help_) in recipes.HYPERPARAMETERS.items():
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type_,
+                       help=f"{help_} (--method {', '.join(recipes.methods_taking(name))}; default: the checkpoint's)")
     g.add_argument("--selector-learning-rate", type=float,
-                   help="learning rate of the token selector's parameters (default: --learning-rate)")
+                   help="learning rate of the token selector's parameters in the stages that train it "
+                        "(default: the stage's own, else --learning-rate)")
     g.add_argument("--skim-warmup-steps", type=int, default=0,
                    help="ramp the skim loss's weight from 0 to --skim-coefficient over this many steps (default 0)")
+
+
+def add_stage_arguments(parser):
+    g = parser.add_argument_group("stages")
+    g.add_argument("--stage-epochs", help="epochs per stage, comma-separated, or one for every stage (default: the "
+                   "recipe's, e.g. the paper's 3,1,2,2 for magic-pyramid; one-stage recipes: --num-train-epochs)")
+    g.add_argument("--stage-learning-rates", help="learning rate per stage, comma-separated (default: the recipe's, "
+                   "else --learning-rate)")
+    g.add_argument("--exit-head-init", choices=("classifier", "random"), default="classifier",
+                   help="exit heads start as copies of the final head (default) or at random (FastBERT)")
+    g.add_argument("--finetuned", help="an already fine-tuned checkpoint: skip the recipe's fine-tune stage and start from it")
 
 
 def add_arguments(parser):
     add_method_arguments(parser)
     add_data_arguments(parser)
     parser.add_argument("--max-train-samples", type=int, help="train on a seeded random subset of this many rows")
-    from .schedules import add_schedule_arguments  # flags of the multi-stage methods
-
-    add_schedule_arguments(parser)
+    squad.add_arguments(parser)
+    add_stage_arguments(parser)
     add_training_arguments(parser)
     parser.set_defaults(_parser=parser)  # run() rebuilds the command line for the model card from it
 
 
-def resolve_resume(resume, output_dir):
-    """`--resume-from-checkpoint`: a folder, or "auto"/"true"/"last" for the newest checkpoint in output_dir
-    (a fresh start when there is none). Without it, existing checkpoints are reported, not silently lost."""
-    if resume is None:
-        if Path(output_dir).is_dir() and get_last_checkpoint(output_dir):
-            logger.warning("%s has checkpoints; this run starts over. Pass --resume-from-checkpoint auto to continue.", output_dir)
+def resolve_resume(resume):
+    """`--resume-from-checkpoint`: a checkpoint folder for the first stage that trains; "auto"/"true"/"last" (or
+    nothing): an interrupted stage continues from its newest checkpoint."""
+    if resume is None or str(resume).lower() in ("auto", "true", "last"):
         return None
-    if str(resume).lower() in ("auto", "true", "last"):
-        return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
     if not Path(resume).is_dir():
         raise FileNotFoundError(f"checkpoint folder not found: {resume}")
-    return resume
+    return str(resume)
 
 
 def method_hyperparameters(args) -> dict:
-    method = methods.get_method(args.method)
-    given = {name: getattr(args, name, None) for name in methods.HYPERPARAMETERS}
-    extra = [name for name, value in given.items() if value is not None and name not in method.hyperparameters]
+    """The method's config fields from the command line (None: not given)."""
+    recipe = recipes.get_recipe(args.method)
+    given = {name: getattr(args, name, None) for name in recipes.HYPERPARAMETERS}
+    extra = [name for name, value in given.items() if value is not None and name not in recipe.hyperparameters]
     if extra:
         flags = ", ".join("--" + n.replace("_", "-") for n in extra)
         raise UsageError(f"{flags} do(es) not apply to --method {args.method}: drop it, or pick a method that takes it")
-    return {name: given[name] for name in method.hyperparameters}
+    return {name: given[name] for name in recipe.hyperparameters}
+
+
+def check_stage_flags(method: str, finetuned, selector_learning_rate):
+    """Flags that need a stage the recipe does not have."""
+    stages = recipes.get_recipe(method).stages
+    if finetuned and not (len(stages) > 1 and stages[0].name == "finetune"):
+        raise UsageError(f"--finetuned skips a recipe's first fine-tune stage; --method {method} trains in one stage: "
+                         "give the checkpoint as --model instead")
+    if selector_learning_rate is not None and not any(s.tunes_selector for s in stages):
+        raise UsageError(f"--method {method} trains no token selector; drop --selector-learning-rate")
 
 
 def task_config(spec) -> dict:
     """Config fields that make a checkpoint fit the task."""
+    if spec.is_qa:
+        return {"num_labels": spec.num_labels}
     if spec.is_regression:
         return {"num_labels": 1, "problem_type": "regression"}
     id2label = spec.id2label
@@ -117,41 +163,155 @@ def task_config(spec) -> dict:
     }
 
 
-def fine_tune(
-    method: str,
-    model_name_or_path: str,
-    raw,
-    spec,
-    training_args: TrainingArguments,
-    hyperparameters: dict | None = None,
-    max_length: int = DEFAULT_MAX_LENGTH,
-    selector_learning_rate: float | None = None,
-    resume_from_checkpoint=None,
-    skim_warmup_steps: int = 0,
-):
-    """Fine-tunes and evaluates; returns `(trainer, results)` with results keyed without `eval_`.
+def parse_list(text, n: int, convert=float, what="values"):
+    """`"3,1,2,2"` -> `[3.0, 1.0, 2.0, 2.0]` (one per stage); a single value applies to every stage."""
+    if text is None:
+        return [None] * n
+    values = [convert(v) for v in str(text).split(",") if v.strip()]
+    if len(values) == 1:
+        values *= n
+    if len(values) != n:
+        raise UsageError(f"give one of {what} per stage ({n} stages), or a single value; got {text!r}")
+    return values
 
-    raw: DatasetDict of raw rows with `train` and `validation`; spec: its TaskSpec. Inputs are truncated to
-    `max_length` tokens; `save_hub_folder` records it as `config.training_max_length`.
+
+def stage_dir(output_dir, index: int, name: str, num_stages: int) -> Path:
+    """Where stage `index` (from 1) is saved: the output folder in a one-stage recipe, else `stage-<index>-<name>`."""
+    return Path(output_dir) if num_stages == 1 else Path(output_dir) / f"stage-{index}-{name}"
+
+
+def is_complete(folder: Path) -> bool:
+    return (Path(folder) / DONE_FILE).is_file()
+
+
+def stage_training_args(training_args, folder, epochs, learning_rate) -> TrainingArguments:
+    """The command's TrainingArguments with the stage's folder, epochs and learning rate (None: unchanged)."""
+    changes = {"output_dir": str(folder)}
+    if epochs is not None:
+        changes["num_train_epochs"] = float(epochs)
+    if learning_rate is not None:
+        changes["learning_rate"] = float(learning_rate)
+    return dataclasses.replace(training_args, **changes)
+
+
+def train_stage(model, tokenizer, inputs: dict, training_args, *, num_examples: int, selector_learning_rate=None,
+                skim_warmup_steps: int = 0, resume_from_checkpoint=None):
+    """Trains and evaluates a model set up for its stage; returns `(trainer, results)` with results keyed
+    without `eval_`.
+
+    inputs: the task's datasets, collator and metrics from `evaluate.task_inputs` (made with `tokenizer`);
+    num_examples: the validation rows they come from (QA: questions, which the windowed features outnumber).
     """
-    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
-    model = methods.load_model(method, model_name_or_path, hyperparameters, **task_config(spec))
-    tokenized = data.tokenize(raw, tokenizer, spec, max_length)
     trainer = SkimTrainer(
         model=model,
         args=training_args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized["validation"],
         processing_class=tokenizer,
-        data_collator=data.collator(tokenizer),
-        compute_metrics=metrics.build_compute_metrics(spec.name, spec.is_regression, spec.num_labels),
+        **inputs,
         selector_learning_rate=selector_learning_rate,
         skim_warmup_steps=skim_warmup_steps,
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     results = strip_prefix(trainer.evaluate())
-    results["num_examples"] = tokenized["validation"].num_rows
+    results["num_examples"] = num_examples
     return trainer, results
+
+
+def train_recipe(
+    method: str,
+    model_name_or_path: str,
+    raw,
+    spec,
+    training_args,
+    *,
+    hyperparameters: dict | None = None,
+    stage_epochs=None,
+    stage_learning_rates=None,
+    selector_learning_rate: float | None = None,
+    skim_warmup_steps: int = 0,
+    exit_head_init: str = "classifier",
+    finetuned: str | None = None,
+    resume_from_checkpoint: str | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    command: str = "",
+    split: str = "validation",
+    qa_options: squad.QAOptions | None = None,
+) -> list:
+    """Runs (or continues) the method's stages; returns one record per stage (its evaluation results).
+
+    raw: DatasetDict with `train` and `validation` rows (the latter from split `split`); spec: its TaskSpec, whose
+    head picks the method's class; training_args: the `TrainingArguments` every stage starts from (output_dir is
+    the run's folder). hyperparameters: the method's config fields from the command line (None: unset).
+    stage_epochs / stage_learning_rates: one value per stage or one for all (None: the stages' own).
+    qa_options: extractive QA's windows and post-processing (default `squad.QAOptions()`).
+    """
+    recipe = recipes.get_recipe(method)
+    if spec.is_qa:
+        qa_options = qa_options or squad.QAOptions()
+    check_stage_flags(method, finetuned, selector_learning_rate)
+    start = finetuned or model_name_or_path
+    values = recipes.starting_hyperparameters(method, hyperparameters or {}, start)
+    n = len(recipe.stages)
+    epochs = [e if e is not None else s.epochs for e, s in zip(parse_list(stage_epochs, n, what="epochs"), recipe.stages)]
+    rates = [r if r is not None else s.learning_rate
+             for r, s in zip(parse_list(stage_learning_rates, n, what="learning rates"), recipe.stages)]
+    output_dir = Path(training_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = AutoTokenizer.from_pretrained(start)  # save_hub_folder records max_length
+    inputs = task_inputs(spec, raw, tokenizer, max_length, qa_options=qa_options)
+
+    previous, records = model_name_or_path, []
+    for index, stage in enumerate(recipe.stages, start=1):
+        folder = stage_dir(output_dir, index, stage.name, n)
+        if index == 1 and finetuned:
+            previous = finetuned
+            records.append({"stage": stage.name, "skipped": f"--finetuned {finetuned}"})
+            continue
+        if is_complete(folder):
+            logger.warning("stage %d (%s) is complete in %s: skipped (delete its %s to train it again)",
+                           index, stage.name, folder, DONE_FILE)
+            records.append(json.loads((folder / DONE_FILE).read_text()))
+            previous = str(folder)
+            continue
+
+        model = recipes.load_model(method, str(previous), values, head=spec.head, **task_config(spec))
+        prepare_stage(model, stage, {"exit_head_init": exit_head_init})
+        args = stage_training_args(training_args, folder, epochs[index - 1], rates[index - 1])
+        selector_lr = selector_learning_rate if selector_learning_rate is not None else stage.selector_learning_rate
+        selector_lr = selector_lr if stage.tunes_selector else None
+        resume = resume_from_checkpoint or (get_last_checkpoint(str(folder)) if folder.is_dir() else None)
+        resume_from_checkpoint = None  # an explicit checkpoint belongs to the first stage that trains
+        logger.info("stage %d/%d (%s): %s epochs from %s%s", index, n, stage.name, args.num_train_epochs, previous,
+                    f", resuming {resume}" if resume else "")
+        trainer, results = train_stage(
+            model, tokenizer, inputs, args, num_examples=raw["validation"].num_rows, selector_learning_rate=selector_lr,
+            skim_warmup_steps=skim_warmup_steps if stage.tunes_selector else 0, resume_from_checkpoint=resume,
+        )
+        save_hub_folder(
+            trainer, results, spec, method=method, base_model=model_name_or_path, command=command,
+            max_length=max_length, train_rows=raw["train"].num_rows, split=split,
+            doc_stride=qa_options.doc_stride if spec.is_qa else None,
+            extra_training={
+                **({"stage": f"{index}/{n} {stage.name}"} if n > 1 else {}),
+                **{name: getattr(model.config, name, None) for name in recipe.hyperparameters},
+                "selector learning rate": selector_lr,
+                "skim warm-up steps": (skim_warmup_steps or None) if stage.tunes_selector else None,
+            },
+        )
+        record = {"stage": stage.name, "index": index, "epochs": args.num_train_epochs, "from": str(previous),
+                  "split": split, **results}
+        if trainer.is_world_process_zero():
+            (folder / DONE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        records.append(record)
+        previous = str(folder)
+
+    if training_args.process_index == 0:
+        if Path(previous) != output_dir:  # the final stage's files (not its Trainer checkpoints) into the output folder
+            for item in Path(previous).iterdir():
+                if item.is_file() and item.name != DONE_FILE:
+                    shutil.copy2(item, output_dir / item.name)
+        (output_dir / SUMMARY_FILE).write_text(json.dumps({"method": method, "stages": records}, indent=2) + "\n")
+    return records
 
 
 def record_lengths(tokenizer, config, max_length: int):
@@ -162,14 +322,21 @@ def record_lengths(tokenizer, config, max_length: int):
     config.training_max_length = max_length
 
 
-def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command, max_length, train_rows, extra_training=None):
+def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command, max_length, train_rows,
+                    extra_training=None, split="validation", doc_stride=None):
     """Writes weights, remote code, tokenizer, eval_results.json and README.md to the output folder.
+
+    split: the name of the split `results` come from. doc_stride: extractive QA's window overlap, recorded as
+    `config.training_doc_stride` (evaluate's default).
 
     What only the command line knows goes to `trainer.card_context`, so `trainer.save_model` here and a later
     `trainer.push_to_hub()` write the same card. Call on every process (saving is collective under some
     launchers); files come from the main one, which gets the results record back."""
     output_dir = trainer.args.output_dir
     record_lengths(trainer.processing_class, trainer.model.config, max_length)
+    stride = {"doc_stride": doc_stride} if doc_stride else {}
+    if doc_stride:  # QA: evaluate windows the contexts as in training
+        trainer.model.config.training_doc_stride = doc_stride
     trainer.model.config.finetuning_task = spec.name
     args = trainer.args
     training = {
@@ -178,22 +345,25 @@ def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command
         "epochs": args.num_train_epochs if args.max_steps <= 0 else f"{args.max_steps} steps",
         "batch size (global)": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         "max length": max_length,
+        **{k.replace("_", " "): v for k, v in stride.items()},
         "seed": args.seed,
         **{k: v for k, v in (extra_training or {}).items() if v is not None},
     }
-    record = results_record(results, output_dir, spec.name, method=method, max_length=max_length)
+    record = results_record(results, output_dir, spec.name, split, method=method, max_length=max_length, **stride)
     trainer.card_context = dict(
         method=method,
         base_model=str(base_model),
         task=spec.name,
-        task_description=("regression" if spec.is_regression else f"{spec.num_labels}-way classification")
+        task_description=squad.task_description(spec) if spec.is_qa
+        else ("regression" if spec.is_regression else f"{spec.num_labels}-way classification")
         + f" on {' + '.join(spec.text_columns)}",
-        split="validation",
+        head=spec.head,
+        split=split,
         metrics=record,
         metric_names=metrics.metric_names(spec.name, spec.is_regression, spec.num_labels),
         command=command,
         training=training,
-        train_description=f"{train_rows} rows",
+        train_description=f"{train_rows} {'questions' if spec.is_qa else 'rows'}",
         max_length=max_length,
     )
     trainer.save_model(output_dir)  # SkimTrainer.save_model: weights, tokenizer, eval_results.json, README.md
@@ -201,36 +371,36 @@ def save_hub_folder(trainer, results: dict, spec, *, method, base_model, command
 
 
 def run(args):
-    from . import schedules  # ltp, early-exit and magic-pyramid train in stages
-
-    if args.method in schedules.SCHEDULES:
-        return schedules.run(args)
+    head = data.get_task(args.task).head if args.task else data.SEQUENCE_CLASSIFICATION
+    recipes.model_classes(args.method, head)  # a method without the task's head fails here, before any data is read
     training_args = training_arguments(args)
     hyperparameters = method_hyperparameters(args)
     raw, spec = data.load_task(
         task=args.task, data_dir=args.data_dir, train_file=args.train_file, validation_file=args.validation_file,
         dataset_name=args.dataset_name, dataset_config=args.dataset_config, validation_split=args.validation_split,
         text_columns=args.text_columns, label_column=args.label_column, problem_type=args.problem_type,
+        article_split=args.article_split,
     )
     raw["train"] = data.subsample(raw["train"], args.max_train_samples, training_args.seed)
     raw["validation"] = data.subsample(raw["validation"], args.max_eval_samples, training_args.seed)
-    max_length = args.max_length or DEFAULT_MAX_LENGTH
-    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-    trainer, results = fine_tune(
-        args.method, args.model, raw, spec, training_args, hyperparameters, max_length,
-        args.selector_learning_rate, resume, args.skim_warmup_steps,
+    records = train_recipe(
+        args.method, args.model, raw, spec, training_args,
+        hyperparameters=hyperparameters, stage_epochs=args.stage_epochs, stage_learning_rates=args.stage_learning_rates,
+        selector_learning_rate=args.selector_learning_rate, skim_warmup_steps=args.skim_warmup_steps,
+        exit_head_init=args.exit_head_init, finetuned=args.finetuned,
+        resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint),
+        max_length=args.max_length or (squad.DEFAULT_MAX_LENGTH if spec.is_qa else DEFAULT_MAX_LENGTH),
+        command=modelcard.command_line("tokenskim train", args._parser, args),
+        split=args.validation_split if args.dataset_name else "validation",
+        qa_options=squad.options_from_args(args) if spec.is_qa else None,
     )
-    record = save_hub_folder(
-        trainer, results, spec, method=args.method, base_model=args.model,
-        command=modelcard.command_line("tokenskim train", args._parser, args), max_length=max_length,
-        train_rows=raw["train"].num_rows,
-        extra_training={
-            **{name: getattr(trainer.model.config, name, None) for name in hyperparameters},
-            "selector learning rate": args.selector_learning_rate,
-            "skim warm-up steps": args.skim_warmup_steps or None,
-        },
-    )
-    if record is not None:
-        print(format_results(record, metrics.metric_names(spec.name, spec.is_regression, spec.num_labels)))
+    if training_args.process_index == 0:
+        names = metrics.metric_names(spec.name, spec.is_regression, spec.num_labels)
+        if len(records) > 1:
+            for record in records:
+                shown = {k: record[k] for k in (*names, "kept_token_ratio", "flops_ratio", "mean_exit_layer") if k in record}
+                print(f"{record['stage']:<13} " + (record.get("skipped") or "  ".join(f"{k} {v:.4f}" for k, v in shown.items())))
+        final = results_record(records[-1], training_args.output_dir, spec.name, method=args.method)
+        print(format_results(final, names))
         print(f"saved to {training_args.output_dir}")
     return 0

@@ -207,9 +207,13 @@ class SkimTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """One evaluation batch: loss, logits and labels as `Trainer` expects, plus the batch's token
-        counts (gathered across processes, duplicates of the last batch dropped) for `skim_metrics`."""
+        counts (gathered across processes, duplicates of the last batch dropped) for `skim_metrics`.
+
+        Extractive QA models: the logits are `(start_logits, end_logits)` and the labels `(start_positions,
+        end_positions)` (Trainer's `label_names` for QA heads)."""
         inputs = self._prepare_inputs(inputs)
-        labels = inputs.get("labels")
+        labels = tuple(inputs.get(name) for name in self.label_names)
+        labels = None if not labels or any(x is None for x in labels) else labels[0] if len(labels) == 1 else labels
         with torch.no_grad(), self.compute_loss_context_manager():
             outputs = model(**inputs)
         num_layers = self.model.config.num_hidden_layers
@@ -221,8 +225,12 @@ class SkimTrainer(Trainer):
         if self._eval_batches is not None:
             self._eval_batches.append([c.cpu() for c in counts])
         loss = outputs["loss"].detach().mean() if labels is not None and outputs.get("loss") is not None else None
+        if loss is not None and outputs.get("skim_loss") is not None:  # Block-Skim's block loss also at inference
+            loss = loss - selector_of(self.model).loss_weight * outputs["skim_loss"].detach()
         if prediction_loss_only:
             return loss, None, None
+        if "start_logits" in outputs:
+            return loss, (outputs["start_logits"].detach(), outputs["end_logits"].detach()), labels
         return loss, outputs["logits"].detach(), labels
 
     def evaluation_loop(self, *args, metric_key_prefix: str = "eval", **kwargs):

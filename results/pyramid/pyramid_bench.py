@@ -4,11 +4,11 @@ For one task's evaluation split it reports, at batch size 32 (batches in data or
 task metric, analytic FLOPs ratio (exit heads included), kept-token ratio, mean exit layer and measured
 speedup vs the stock dense model (sdpa) and vs the tokenskim engine with pruning and exits off; a tau
 sweep for early exit and Magic Pyramid (the paper's Table 3); and speedup by length bucket (1-35, 35-70,
->70 tokens; the paper's Figure 1). Timing uses tokenskim.trainers.bench: variants interleaved batch by
+>70 tokens; the paper's Figure 1). Timing uses tokenskim.trainers.bench.timing: variants interleaved batch by
 batch, medians of paired per-repeat ratios.
 
-    python results/pyramid_bench.py --task sst2 --dense D --ltp L --early-exit E --magic-pyramid M \\
-        [--tau auto --ee-tau auto] --taus 0.1,0.2,0.3,0.5,0.8 --output results/pyramid_sst2.json
+    python results/pyramid/pyramid_bench.py --task sst2 --dense D --ltp L --early-exit E --magic-pyramid M \\
+        [--tau auto --ee-tau auto] --taus 0.1,0.2,0.3,0.5,0.8 --output results/pyramid/pyramid_sst2.json
 """
 
 import argparse
@@ -19,8 +19,12 @@ import time
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from tokenskim.modeling import exit_head_macs, flops
-from tokenskim.trainers import bench
+from tokenskim.modeling import flops
+from tokenskim.trainers.bench.environment import environment
+from tokenskim.trainers.bench.inputs import load_bench_data, make_batches, tokenize
+from tokenskim.trainers.bench.passes import run_pass
+from tokenskim.trainers.bench.timing import measure_throughput, paired_speedup
+from tokenskim.trainers.bench.variants import load_dense
 
 BUCKETS = {"short (1-35)": (1, 35), "middle (35-70)": (36, 70), "long (>70)": (71, 10**9)}
 
@@ -31,12 +35,7 @@ def load(path, **config):
 
 def cost(model, result):
     """Dense MACs and model MACs (encoder + exit heads) per example."""
-    config = model.config
-    dense = flops.dense_flops(result.lengths, config)
-    ours = flops.encoder_flops(result.kept_tokens, result.ffn_tokens, config)
-    if hasattr(model, "exit_heads") and getattr(config, "exit_enabled", False):
-        ours = ours + exit_head_macs(result.exit_layer, config)
-    return dense, ours
+    return flops.dense_flops(result.lengths, model.config), flops.model_macs(model, result.kept_tokens, result.ffn_tokens, result.exit_layer)
 
 
 def summarize(model, result, data, idx=None):
@@ -55,13 +54,13 @@ def summarize(model, result, data, idx=None):
 
 
 def timed(models, batches, repeats, base="dense"):
-    stats = bench.measure_throughput(models, batches, repeats=repeats, warmup=2, progress=False)
+    stats = measure_throughput(models, batches, repeats=repeats, warmup=2, progress=False)
     out = {n: {"examples_per_s": s.examples_per_s} for n, s in stats.items()}
     for n in models:
         if n != base:
-            out[n]["speedup_vs_dense"] = bench.paired_speedup(stats, n, base)
+            out[n]["speedup_vs_dense"] = paired_speedup(stats, n, base)
             if "engine_off" in models and n != "engine_off":
-                out[n]["speedup_vs_engine_off"] = bench.paired_speedup(stats, n, "engine_off")
+                out[n]["speedup_vs_engine_off"] = paired_speedup(stats, n, "engine_off")
     return out
 
 
@@ -87,14 +86,14 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
 
-    data = bench.load_bench_data(args.task)
+    data = load_bench_data(args.task)
     tok = AutoTokenizer.from_pretrained(args.dense)
-    features = bench.tokenize(tok, data, args.max_length)
-    batches = bench.make_batches(features, args.batch_size, tok.pad_token_id)
+    features = tokenize(tok, data, args.max_length)
+    batches = make_batches(features, args.batch_size, tok.pad_token_id)
     n = len(features)
 
     taus = [float(t) for t in args.taus.split(",")]
-    models = {"dense": bench.load_dense(args.dense, load(args.dense).config)[0]}
+    models = {"dense": load_dense(args.dense, load(args.dense).config)[0]}
     ref = args.magic_pyramid or args.ltp or args.early_exit
     models["engine_off"] = load(ref, skim_enabled=False, exit_enabled=False) if args.magic_pyramid else load(ref)
     if not args.magic_pyramid:
@@ -109,9 +108,9 @@ def main(argv=None):
         models["magic_pyramid"] = load(args.magic_pyramid)
 
     report = {"task": args.task, "data": data.source, "num_examples": n, "batch_size": args.batch_size,
-              "started": started, "environment": bench.environment("cpu", args.threads), "main": {}, "sweep": [],
+              "started": started, "environment": environment("cpu", args.threads), "main": {}, "sweep": [],
               "buckets": {}}
-    dense_pass = bench.run_pass(models["dense"], batches, n)
+    dense_pass = run_pass(models["dense"], batches, n)
     dense_metric = summarize(models["dense"], dense_pass, data)["metric"]
 
     # tau sweep (the paper's Table 3): metric and FLOPs for every tau (untimed passes)
@@ -119,7 +118,7 @@ def main(argv=None):
     for tau in taus:
         for name in sweep:
             models[name].config.exit_threshold = tau
-            sweep[name][tau] = summarize(models[name], bench.run_pass(models[name], batches, n), data)
+            sweep[name][tau] = summarize(models[name], run_pass(models[name], batches, n), data)
     chosen = {}
     for name, flag in (("early_exit", args.ee_tau), ("magic_pyramid", args.tau)):
         if name in sweep:
@@ -131,7 +130,7 @@ def main(argv=None):
         if "auto" in (args.tau, args.ee_tau) else "given"))
     print("chosen tau:", chosen, "dense metric:", dense_metric, flush=True)
 
-    passes = {name: (dense_pass if name == "dense" else bench.run_pass(m, batches, n)) for name, m in models.items()}
+    passes = {name: (dense_pass if name == "dense" else run_pass(m, batches, n)) for name, m in models.items()}
     for name, m in models.items():
         report["main"][name] = summarize(m, passes[name], data)
     for name, t in timed(models, batches, args.repeats).items():
@@ -160,7 +159,7 @@ def main(argv=None):
         if not idx:
             continue
         sub = [features[i] for i in idx]
-        sub_batches = bench.make_batches(sub, args.batch_size, tok.pad_token_id)
+        sub_batches = make_batches(sub, args.batch_size, tok.pad_token_id)
         for b in sub_batches:  # indices into the whole set, for summarize()
             b.indices = [idx[i] for i in b.indices]
         entry = {"examples": len(idx)}

@@ -1,7 +1,7 @@
 """Attention of 32 ragged sequences (12 heads of 32, as MiniLM-L6) by length of the longest: one SDPA call per
 sequence vs `packing.padded_attention`, median microseconds. Sets `packing.SHORT_SEQUENCE`.
 
-    python results/short_attention_bench.py
+    python results/short_attention/short_attention_bench.py
 """
 import time, torch, statistics
 from tokenskim.modeling import packing as P

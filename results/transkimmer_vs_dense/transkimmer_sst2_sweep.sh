@@ -3,7 +3,7 @@
 # (4,000 training rows, 1 epoch, full 872-row dev set), starting from the SST-2 dense fine-tune.
 set -uo pipefail
 OUT=${OUT:-/tmp/transkimmer}
-HERE=$(cd "$(dirname "$0")/.." && pwd)
+HERE=$(cd "$(dirname "$0")/../.." && pwd)  # the repository
 export HF_HUB_OFFLINE=1
 for run in "$@"; do  # run = COEFF:SELECTOR_LR, e.g. 0.3:1e-4
   c=${run%%:*}; s=${run##*:}; name=pilot-c$c-s$s

@@ -1,7 +1,7 @@
 #!/bin/bash
 # LTP, early exit and Magic Pyramid for one task: [dense fine-tune], zero-shot pilot of theta_L, LTP (soft, hard
-# pruning), early exit (exit heads), Magic Pyramid (the LTP stages + exit heads). Measure with results/pyramid_bench.py.
-# Usage: results/pyramid_runs.sh TASK TRAIN_ROWS DENSE_EPOCHS SOFT_EPOCHS HARD_EPOCHS EXIT_EPOCHS  (outputs in $OUT/TASK-*)
+# pruning), early exit (exit heads), Magic Pyramid (the LTP stages + exit heads). Measure with results/pyramid/pyramid_bench.py.
+# Usage: results/pyramid/pyramid_runs.sh TASK TRAIN_ROWS DENSE_EPOCHS SOFT_EPOCHS HARD_EPOCHS EXIT_EPOCHS  (outputs in $OUT/TASK-*)
 set -euo pipefail
 T=$1; TRAIN=$2; DENSE_EPOCHS=$3; SOFT=$4; HARD=$5; EXIT=$6
 export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error

