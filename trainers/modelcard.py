@@ -17,7 +17,6 @@ import dataclasses
 import re
 import shlex
 import string
-import sys
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
