@@ -1,5 +1,5 @@
-"""Datasets for fine-tuning and evaluation (the task table is in `tasks.py`): the GLUE tasks, IMDB, 20 Newsgroups, AG News and SQuAD v1.1/v2.0
-from local files (the layout of `../shared/data`, see its README) or the Hub, and the user's own CSV/TSV/JSON
+"""Datasets for fine-tuning and evaluation (the task table is in `tasks.py`): the GLUE tasks, IMDB, 20 Newsgroups,
+AG News and SQuAD v1.1/v2.0 from local files (the layout of `../shared/data`, see its README) or the Hub, and the user's own CSV/TSV/JSON
 files (SQuAD-format JSON for the QA tasks, read by `squad.py`, which also windows QA rows into features).
 
 Everything ends as a `DatasetDict` with `train` and/or `validation` splits whose rows carry the task's
