@@ -13,7 +13,7 @@ import torch
 from test_trainer import save_tiny_checkpoint
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertTokenizerFast
 
-from tokenskim.trainers import cli, data, evaluate, metrics, squad
+from tokenskim.trainers import cli, data, evaluate, metrics, records, squad
 from tokenskim.trainers import explain as ex
 
 # ----------------------------------------------------------------------------------------------------
@@ -344,7 +344,7 @@ def not_json(constant):
 
 def test_results_stay_json_when_the_evaluation_loss_is_infinite(tmp_path):
     # a QA model that skipped a reference answer's position gives it the lowest logit: an infinite loss
-    path = evaluate.write_results(tmp_path, {"loss": float("inf"), "f1": 50.0})
+    path = records.write_results(tmp_path, {"loss": float("inf"), "f1": 50.0})
     assert json.loads(path.read_text(), parse_constant=not_json) == {"loss": None, "f1": 50.0}
 
 

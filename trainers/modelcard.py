@@ -113,7 +113,7 @@ def _fmt_setting(value) -> str:
 
 def hub_dataset(task: str) -> tuple:
     """`(Hub dataset id, configuration)` of a known task (sst2 -> nyu-mll/glue, sst2), else `(None, None)`."""
-    from .data import ALIASES, TASKS
+    from .tasks import ALIASES, TASKS
 
     key = ALIASES.get(task, task)
     if key in HUB_DATASETS:
@@ -223,7 +223,7 @@ def write(output_dir, **kwargs) -> Path:
 
 def last_evaluation(trainer) -> dict:
     """The trainer's latest evaluation metrics, keys without `eval_` (Trainer's timing entries dropped)."""
-    from .evaluate import strip_prefix
+    from .records import strip_prefix
 
     for entry in reversed(trainer.state.log_history):
         evaluated = {k: v for k, v in entry.items() if k.startswith("eval_")}
@@ -238,7 +238,7 @@ def trainer_card_arguments(trainer, output_dir=None) -> dict:
     `trainer.card_context` (set by `tokenskim train`) overrides them with what only the command line knows:
     the task, the command, the training table."""
     from . import metrics as task_metrics
-    from .evaluate import results_record
+    from .records import results_record
     from .recipes import method_of_class
 
     context = dict(getattr(trainer, "card_context", None) or {})
@@ -283,7 +283,7 @@ def write_trainer_card(trainer, output_dir=None, *, results_file: bool = True, m
 
     The keyword arguments are `Trainer.create_model_card`'s that still mean something here; the others
     (language, license, tasks, ...) are fixed by tokenskim's card."""
-    from .evaluate import write_results
+    from .records import write_results
 
     output_dir = Path(output_dir or trainer.args.output_dir)
     arguments = trainer_card_arguments(trainer, output_dir)

@@ -39,7 +39,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from . import data, metrics, modelcard, recipes, squad
 from .errors import UsageError
-from .evaluate import add_data_arguments, format_results, results_record, strip_prefix, task_inputs, tokenizer_limit
+from .evaluate import add_data_arguments, task_inputs, tokenizer_limit
+from .records import format_results, results_record, strip_prefix
 from .stages import prepare_stage
 from .trainer import SkimTrainer
 
