@@ -13,7 +13,7 @@ import torch
 from test_trainer import save_tiny_checkpoint
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, BertTokenizerFast
 
-from tokenskim.trainers import cli, data, evaluate, metrics, records, squad
+from tokenskim.trainers import cli, data, metrics, records, squad
 from tokenskim.trainers import explain as ex
 
 # ----------------------------------------------------------------------------------------------------
