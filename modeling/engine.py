@@ -24,18 +24,14 @@ from torch import nn
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.bert.modeling_bert import BertLayer
 
-from .packing import (
+from .attention import (
     AttentionBlocks,
-    compact,
-    first_rows,
-    floor_mask,
-    keep_decision,
-    pack,
     padded_attention_blocks,
     varlen_attention,
     varlen_attention_with_blocks,
     varlen_attention_with_received,
 )
+from .packing import compact, first_rows, floor_mask, keep_decision, pack
 from .selector import KEEP_ALL, split_answer
 
 

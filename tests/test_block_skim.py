@@ -18,7 +18,11 @@ from tokenskim.modeling import (
     BlockSkimRobertaForQuestionAnswering,
 )
 from tokenskim.modeling.block_skim import BlockRecord, block_labels, question_lengths
-from tokenskim.modeling.packing import diagonal_blocks, padded_attention_blocks, varlen_attention_with_blocks
+from tokenskim.modeling.attention import (
+    diagonal_blocks,
+    padded_attention_blocks,
+    varlen_attention_with_blocks,
+)
 
 QA = {"bert": BlockSkimBertForQuestionAnswering, "roberta": BlockSkimRobertaForQuestionAnswering}
 SEP = 2  # RoBERTa's </s>

@@ -3,16 +3,8 @@
 import pytest
 import torch
 
-from tokenskim.modeling.packing import (
-    SHORT_SEQUENCE,
-    floor_mask,
-    keep_decision,
-    lengths_to_cu,
-    pack,
-    padded_attention,
-    row_to_sequence,
-    varlen_attention,
-)
+from tokenskim.modeling.attention import SHORT_SEQUENCE, padded_attention, varlen_attention
+from tokenskim.modeling.packing import floor_mask, keep_decision, lengths_to_cu, pack, row_to_sequence
 
 
 def reference_attention(q, k, v, lengths):
@@ -94,7 +86,7 @@ def test_floor_mask_matches_keep_decision_on_the_alive_tokens():
 
 def test_padded_attention_received_matches_the_per_sequence_path():
     """The batched path GPUs take for LTP's received attention equals the CPU per-sequence loop."""
-    from tokenskim.modeling.packing import varlen_attention_with_received
+    from tokenskim.modeling.attention import varlen_attention_with_received
 
     lengths = [5, 1, 9, 3]
     g = torch.Generator().manual_seed(0)
@@ -109,7 +101,7 @@ def test_padded_attention_received_matches_the_per_sequence_path():
 def test_attention_blocks_batched_path_equals_the_per_sequence_loop(monkeypatch):
     """The CUDA path (one padded batched call) gives the per-sequence loop's context and blocks; run here on CPU by
     making the tensors claim to be on CUDA for the dispatch only."""
-    from tokenskim.modeling import packing
+    from tokenskim.modeling import attention
 
     torch.manual_seed(0)
     lengths = [9, 3, 12, 1, 8]
@@ -117,9 +109,9 @@ def test_attention_blocks_batched_path_equals_the_per_sequence_loop(monkeypatch)
     q, k, v = (torch.randn(total, heads, dim) for _ in range(3))
     rank = torch.arange(total) * 2  # any original ranks
     sequence = torch.tensor([4, 0, 2, 1, 3])
-    loop_ctx, loop = packing.varlen_attention_with_blocks(q, k, v, lengths, size, rank, sequence)
+    loop_ctx, loop = attention.varlen_attention_with_blocks(q, k, v, lengths, size, rank, sequence)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-    ctx, batched = packing.varlen_attention_with_blocks(q, k, v, lengths, size, rank, sequence)
+    ctx, batched = attention.varlen_attention_with_blocks(q, k, v, lengths, size, rank, sequence)
     monkeypatch.undo()
     torch.testing.assert_close(ctx, loop_ctx, atol=1e-5, rtol=0)
     torch.testing.assert_close(batched.probs, loop.probs, atol=1e-6, rtol=0)

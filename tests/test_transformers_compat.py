@@ -25,7 +25,7 @@ from transformers import (
 )
 
 import tokenskim.modeling as tsm
-import tokenskim.modeling.packing as packing
+import tokenskim.modeling.attention as attention
 from tokenskim.modeling import SkimPreTrainedModel
 
 # per family: its sequence-classification class for each backbone, and settings under which a tiny random model
@@ -333,10 +333,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(name, reentrant):
 def test_bf16_batch_equals_each_example_alone(name, settings, monkeypatch):
     """Stock transformers gives bitwise the same bf16 logits batched and alone; so does tokenskim with decisions on.
     The short-sequence padded attention used to round its scores to bf16 (differences up to 2.7e-2); it now runs
-    the per-sequence path's SDPA kernel in half precision (see `packing.padded_attention`)."""
+    the per-sequence path's SDPA kernel in half precision (see `attention.padded_attention`)."""
     padded_calls = []
-    original = packing.padded_attention
-    monkeypatch.setattr(packing, "padded_attention", lambda *a: padded_calls.append(1) or original(*a))
+    original = attention.padded_attention
+    monkeypatch.setattr(attention, "padded_attention", lambda *a: padded_calls.append(1) or original(*a))
     cls, backbone = getattr(tsm, name), backbone_of(name)
     config = tiny_config(backbone, num_labels=2 if "QuestionAnswering" in name else 3)
     model = cls(cls.config_class(**config.to_dict(), **settings)).eval()

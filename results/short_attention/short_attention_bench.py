@@ -1,10 +1,10 @@
 """Attention of 32 ragged sequences (12 heads of 32, as MiniLM-L6) by length of the longest: one SDPA call per
-sequence vs `packing.padded_attention`, median microseconds. Sets `packing.SHORT_SEQUENCE`.
+sequence vs `attention.padded_attention`, median microseconds. Sets `attention.SHORT_SEQUENCE`.
 
     python results/short_attention/short_attention_bench.py
 """
 import time, torch, statistics
-from tokenskim.modeling import packing as P
+from tokenskim.modeling import attention as P
 torch.set_num_threads(2)
 def t(f, *a, r=200):
     for _ in range(5): f(*a)
