@@ -300,13 +300,13 @@ def task_description(spec) -> str:
 
 
 def add_arguments(parser):
-    """Flags of extractive QA (`--task squad` / `squad_v2`), shared by train and evaluate."""
+    """Flags of extractive QA (`--task squad` / `squad_v2`), shared by train, evaluate and bench."""
     g = parser.add_argument_group("question answering (--task squad / squad_v2)")
     g.add_argument("--article-split", type=parse_article_split, metavar="FRACTION[:SEED]",
                    help="split the validation data (e.g. the local SQuAD dev file) by article: FRACTION of the articles "
                    "(shuffled with SEED, default 0) evaluate, the rest train; 0.2 reproduces results/blockskim_squad/'s split")
     g.add_argument("--doc-stride", type=int, help=f"tokens shared by consecutive windows of a long context "
-                   f"(default {QAOptions.doc_stride}; evaluate: the one the model was trained with)")
+                   f"(default {QAOptions.doc_stride}; evaluate and bench: the one the model was trained with)")
     g.add_argument("--n-best-size", type=int, default=QAOptions.n_best_size,
                    help=f"start and end candidates per window (default {QAOptions.n_best_size})")
     g.add_argument("--max-answer-length", type=int, default=QAOptions.max_answer_length,

@@ -2,8 +2,8 @@
 
 From the same weights it builds up to four variants and times them on the same examples:
 
-- `dense`: the stock `transformers` model (`BertForSequenceClassification` / `Roberta...`, sdpa attention),
-  dynamic padding to each batch's longest example;
+- `dense`: the stock `transformers` model (`BertForSequenceClassification` / `BertForQuestionAnswering` /
+  `Roberta...`, sdpa attention), dynamic padding to each batch's longest example;
 - `dense_sorted`: the same stock model on batches formed after sorting the examples by length (what an
   informed user does to cut padding);
 - `engine_off`: the tokenskim engine with skimming, pruning and exits off (`skim_enabled=False`);
@@ -15,13 +15,16 @@ and the analytic FLOPs, and warms every batch shape up) the variants are timed i
 in a rotating order, `--repeats` times; medians over repeats are reported, and speedups are medians of
 per-repeat ratios (paired, so drift in machine load cancels). Speed is never checked by unit tests.
 
+Extractive QA checkpoints (`--task squad` / `squad_v2`) are benchmarked on the windows of the questions' contexts,
+their metric SQuAD's EM/F1 over the text answers post-processed from each variant's logits (`qa`).
+
 Honest accounting (see DESIGN.md "Honest measurement"): token counts and FLOPs include real tokens only;
 padding never counts as work saved; `flops_ratio` is dense MACs / model MACs on the same examples,
 from `tokenskim.modeling.flops`.
 
-The package, one job per module: `inputs` (examples, tokens, batches), `variants` (the models), `passes` (the
-untimed pass and its accounting), `timing`, `memory`, `profiling`, `environment`, `runner` (the benchmark and
-its targets), `report` (bench.json, bench.md, plots). This file is the command line.
+The package, one job per module: `inputs` (examples, tokens, batches), `qa` (QA windows and answers), `variants`
+(the models), `passes` (the untimed pass and its accounting), `timing`, `memory`, `profiling`, `environment`,
+`runner` (the benchmark and its targets), `report` (bench.json, bench.md, plots). This file is the command line.
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ import os
 
 import torch
 
+from .. import data as task_data
+from .. import squad
+from ..errors import UsageError
 from .inputs import BenchData, load_bench_data, make_batches, tokenize
+from .qa import load_qa_bench_data
 from .report import write_outputs
 from .runner import benchmark
 from .variants import VARIANTS
@@ -71,11 +78,13 @@ def add_arguments(parser):
                              "config.json, skimming to --target-flops (trainers/synthetic.py)")
     parser.add_argument("--target-flops", type=float, default=2.0, help="--synthetic: the FLOPs ratio to skim to")
     parser.add_argument("--tokenizer", help="--synthetic: the tokenizer (default: the packaged MiniLM's, BERT uncased)")
-    parser.add_argument("--task", default=None, help="a known task (sst2, imdb, ...; see trainers/data.py)")
+    parser.add_argument("--task", default=None,
+                        help="a known task (sst2, imdb, ..., squad, squad_v2 for QA checkpoints; see trainers/data.py)")
     parser.add_argument("--data-dir", default=None,
                         help="folder with the layout of ../shared/data (default: $TOKENSKIM_DATA_DIR, else ../shared/data)")
     parser.add_argument("--split", default="validation", choices=["validation", "train"])
-    parser.add_argument("--validation-file", default=None, help="your own data (.csv/.tsv/.json/.jsonl) instead of --task")
+    parser.add_argument("--validation-file", default=None,
+                        help="your own data (.csv/.tsv/.json/.jsonl; with --task squad/squad_v2 a SQuAD-format file)")
     parser.add_argument("--text-columns", type=lambda s: tuple(c for c in s.split(",") if c), default=None,
                         metavar="COL[,COL2]", help="text column(s) of your own data")
     parser.add_argument("--label-column", default=None)
@@ -83,8 +92,11 @@ def add_arguments(parser):
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
-    parser.add_argument("--max-length", type=int, default=None, help="truncate inputs (default: the model's maximum)")
-    parser.add_argument("--max-examples", type=int, default=None, help="seeded random subset of the split")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="truncate inputs, QA: the window length (default: the length the model was trained with)")
+    parser.add_argument("--max-examples", type=int, default=None,
+                        help="seeded random subset of the split; QA: this many windows at most, in whole questions "
+                             "taken in a seeded random order (a question is scored only with all its windows)")
     parser.add_argument("--seed", type=int, default=42, help="seed of --max-examples' subset")
     parser.add_argument("--equal-lengths", action="store_true",
                         help="inputs without padding: each batch truncated to its shortest example")
@@ -100,6 +112,7 @@ def add_arguments(parser):
                         help="also profile one pass per variant (torch.profiler) and write profile.txt")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--output-dir", required=True)
+    squad.add_arguments(parser)
 
 
 def synthetic_folder(args, data: BenchData, device) -> str:
@@ -117,6 +130,16 @@ def synthetic_folder(args, data: BenchData, device) -> str:
     save_synthetic(args.synthetic, tokenizer, folder, batches, len(features), args.target_flops, labels)
     print(f"synthetic {args.synthetic} model skimming to FLOPs ratio >= {args.target_flops}: {folder}")
     return folder
+
+
+def check_models_fit_task(model_dirs, spec):
+    """Each checkpoint has the head and outputs of a known task (`evaluate.check_model_fits_task`'s errors)."""
+    from transformers import AutoConfig
+
+    from ..evaluate import check_model_fits_task
+
+    for model_dir in model_dirs:
+        check_model_fits_task(AutoConfig.from_pretrained(model_dir, trust_remote_code=True), spec)
 
 
 def run(args):
@@ -137,13 +160,24 @@ def run(args):
         raise SystemExit("give --task (e.g. sst2) or --validation-file")
     if bool(args.model) == bool(args.synthetic):
         raise SystemExit("give --model DIR (one or more) or --synthetic SIZE")
-    label2id = None
-    if not args.task and args.model:
-        from transformers import AutoConfig
+    spec = task_data.get_task(args.task) if args.task else None
+    if spec is not None and args.model:
+        check_models_fit_task(args.model, spec)
+    if args.article_split is not None and not (spec is not None and spec.is_qa):
+        raise UsageError("--article-split splits SQuAD-style data by article: give --task squad or squad_v2")
+    if spec is not None and spec.is_qa:
+        if args.synthetic or args.equal_lengths:
+            raise UsageError("--synthetic and --equal-lengths are for classification: QA windows keep their offsets whole")
+        data = load_qa_bench_data(spec.name, args, args.data_dir, args.split, args.max_examples, args.seed,
+                                  args.validation_file)
+    else:
+        label2id = None
+        if not args.task and args.model:
+            from transformers import AutoConfig
 
-        label2id = AutoConfig.from_pretrained(args.model[0], trust_remote_code=True).label2id
-    data = load_bench_data(args.task, args.data_dir, args.split, args.max_examples, args.seed, args.validation_file,
-                           args.text_columns, args.label_column, label2id)
+            label2id = AutoConfig.from_pretrained(args.model[0], trust_remote_code=True).label2id
+        data = load_bench_data(args.task, args.data_dir, args.split, args.max_examples, args.seed, args.validation_file,
+                               args.text_columns, args.label_column, label2id)
     model_dirs = args.model or [synthetic_folder(args, data, device)]
     report = benchmark(model_dirs, data, args.batch_sizes, device=device, dtype=getattr(torch, args.dtype),
                        max_length=args.max_length, equal_lengths=args.equal_lengths, variants=variants,

@@ -4,7 +4,8 @@ padded batches (`Batch`). Tokenization and padding are `tokenskim.trainers.data`
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .. import data as task_data
 from .. import metrics
@@ -26,6 +27,31 @@ class BenchData:
     regression: bool = False
     task: str = "custom"
     source: str = ""
+    head: ClassVar[str] = task_data.SEQUENCE_CLASSIFICATION
+
+    def encode(self, tokenizer, config, max_length: int) -> "EncodedExamples":
+        """The examples tokenized to `max_length`, scored with `metric_fn` on the pass's predictions. (`config`,
+        the model's, is for tasks whose inputs depend on it: QA's doc stride, `bench.qa`.)"""
+
+        def score(result):
+            return result.predictions, self.metric_fn(result.predictions, self.labels)
+
+        return EncodedExamples(tokenize(tokenizer, self, max_length), score)
+
+
+@dataclass
+class EncodedExamples:
+    """A benchmark's examples made into one model's inputs.
+
+    features: per example, the unpadded token lists the model reads (`make_batches` pads them);
+    score(pass_result) -> (predictions, {metric: value}): the variant's task metric from its untimed pass
+        (`passes.PassResult`); predictions are compared across variants (`prediction_agreement_vs_dense`);
+    settings: what the report records next to the max length (QA: the doc stride and the questions scored).
+    """
+
+    features: list
+    score: Callable
+    settings: dict = field(default_factory=dict)
 
 
 def load_bench_data(task: str | None = None, data_dir: str | None = None, split: str = "validation",

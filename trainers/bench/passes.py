@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from tokenskim.modeling import flops
 
@@ -17,18 +18,27 @@ from .inputs import Batch
 class PassResult:
     """Per-example results of one untimed pass, in data order."""
 
-    predictions: list
+    predictions: list | None  # None for QA: its answers come from the windows' post-processing (`qa.py`)
     lengths: torch.Tensor  # [N] real tokens
     kept_tokens: torch.Tensor  # [N, layers]
     ffn_tokens: torch.Tensor  # [N, layers]
     exit_layer: torch.Tensor  # [N]
-    logits: torch.Tensor  # [N, labels] float32
+    logits: torch.Tensor  # [N, labels] float32; QA: [N, tokens, 2] (start, end), zero past a window's real tokens
+
+
+def output_logits(out) -> torch.Tensor:
+    """A model output's task logits: `logits` `[batch, labels]`, or for extractive QA the start and end logits
+    stacked, `[batch, seq, 2]`."""
+    if getattr(out, "start_logits", None) is not None:
+        return torch.stack((out.start_logits, out.end_logits), dim=-1)
+    return out.logits
 
 
 def run_pass(model, batches: Sequence[Batch], num_examples: int, regression: bool = False) -> PassResult:
     """Runs every batch once (no timing) and gathers outputs back into data order.
 
-    For the stock model every real token enters every layer, so its counts are the lengths.
+    For the stock model every real token enters every layer, so its counts are the lengths. Per-token (QA)
+    logits are zeroed past each example's real tokens, so they do not depend on how the examples were batched.
     """
     layers = model.config.num_hidden_layers
     lengths = torch.zeros(num_examples, dtype=torch.long)
@@ -36,15 +46,19 @@ def run_pass(model, batches: Sequence[Batch], num_examples: int, regression: boo
     ffn = torch.zeros_like(kept)
     exit_layer = torch.full((num_examples,), layers, dtype=torch.long)
     logits_all = None
+    width = max(int(b.inputs["input_ids"].shape[1]) for b in batches)
     with torch.inference_mode():
         for b in batches:
             out = model(**b.inputs)
             idx = torch.tensor(b.indices)
             lens = torch.tensor(b.lengths)
             lengths[idx] = lens
-            logits = out.logits.float().cpu()
+            logits = output_logits(out).float().cpu()
+            if logits.dim() == 3:
+                padding = torch.arange(logits.shape[1]) >= lens[:, None]
+                logits = F.pad(logits.masked_fill(padding[..., None], 0), (0, 0, 0, width - logits.shape[1]))
             if logits_all is None:
-                logits_all = torch.zeros(num_examples, logits.shape[-1])
+                logits_all = torch.zeros(num_examples, *logits.shape[1:])
             logits_all[idx] = logits
             if getattr(out, "kept_tokens", None) is not None:
                 kept[idx] = out.kept_tokens.cpu()
@@ -54,7 +68,10 @@ def run_pass(model, batches: Sequence[Batch], num_examples: int, regression: boo
             else:
                 kept[idx] = lens[:, None].expand(-1, layers)
                 ffn[idx] = kept[idx]
-    preds = logits_all.squeeze(-1).tolist() if regression else logits_all.argmax(-1).tolist()
+    if logits_all.dim() == 3:
+        preds = None
+    else:
+        preds = logits_all.squeeze(-1).tolist() if regression else logits_all.argmax(-1).tolist()
     return PassResult(preds, lengths, kept, ffn, exit_layer, logits_all)
 
 

@@ -39,7 +39,7 @@ def format_markdown(report) -> str:
         f"- date: {env['date']}; device: {env['device']} ({env.get('gpu') or env.get('cpu')}); "
         f"torch {env['torch']}, transformers {env['transformers']}; threads {env['threads']}; dtype {report['dtype']}",
         f"- code: {env.get('code')}",
-        f"- data: {report['data_source']}; {report['num_examples']} examples; "
+        f"- data: {report['data_source']}; {report['num_examples']} examples{_windows(report)}; "
         f"{'inputs WITHOUT padding (each batch truncated to its shortest example)' if report['equal_lengths'] else 'dynamic padding'}",
         f"- timing: {report['repeats']} interleaved repeats after warm-up, medians; speedups are medians of "
         "per-repeat paired ratios; load average at start/end "
@@ -56,6 +56,14 @@ def format_markdown(report) -> str:
                      f"{os.path.basename(os.path.normpath(t['model']))} bs={t['batch_size']} "
                      f"{t.get('variant', '')}: {t['value']:.3f}")
     return "\n".join(lines) + "\n"
+
+
+def _windows(report) -> str:
+    """QA: what its examples are (the first model's windows; each record carries its own counts)."""
+    first = report["models"][0] if report["models"] else {}
+    if "num_questions" not in first:
+        return ""
+    return f" (windows of {first['num_questions']} questions: {first['max_length']} tokens, stride {first['doc_stride']})"
 
 
 def write_outputs(report, output_dir, plots=True) -> list:

@@ -9,46 +9,53 @@ from collections.abc import Sequence
 
 import torch
 
+from ..squad import SKIPPED_LOGIT
 from .environment import environment
-from .inputs import BenchData, make_batches, tokenize
+from .inputs import BenchData, make_batches
 from .memory import peak_memory
 from .passes import accounting, run_pass
 from .profiling import profile_variants
+from .qa import QABenchData
 from .report import format_table
 from .timing import measure_throughput, paired_speedup
 from .variants import VARIANTS, load_variants
 
 
-def benchmark(model_dirs: Sequence[str], data: BenchData, batch_sizes: Sequence[int], *, device="cpu",
+def benchmark(model_dirs: Sequence[str], data: BenchData | QABenchData, batch_sizes: Sequence[int], *, device="cpu",
               dtype=torch.float32, max_length: int | None = None, equal_lengths: bool = False,
               variants=VARIANTS, overrides: Sequence[dict] = (), repeats: int = 5, warmup: int = 2,
               memory: bool = True, progress: bool = True, tokenizer=None, log=print, profile: bool = False) -> dict:
-    """Runs the whole benchmark and returns the `bench.json` content (`report.write_outputs` writes the files)."""
+    """Runs the whole benchmark and returns the `bench.json` content (`report.write_outputs` writes the files).
+
+    data: classification examples (`BenchData`) or questions (`QABenchData`, whose windows are the examples);
+    each model reads them as its tokenizer, max length (and QA stride) make them (`data.encode`)."""
     from transformers import AutoTokenizer
 
-    from ..evaluate import default_max_length
+    from ..evaluate import default_max_length, position_limit
 
     report = {"schema": "tokenskim-bench/1", "environment": environment(device), "task": data.task,
-              "data_source": data.source, "num_examples": len(data.texts), "equal_lengths": equal_lengths,
+              "data_source": data.source, "num_examples": None, "equal_lengths": equal_lengths,
               "repeats": repeats, "warmup_batches": warmup, "dtype": str(dtype).replace("torch.", ""),
               "models": [], "records": []}
     for model_dir in model_dirs:
-        models, info = load_variants(model_dir, variants, overrides, dtype, device)
+        models, info = load_variants(model_dir, variants, overrides, dtype, device, data.head)
         config = next(iter(models.values())).config
         tok = tokenizer or AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
-        limit = config.max_position_embeddings - (config.pad_token_id + 1 if "roberta" in config.model_type else 0)
+        limit = position_limit(config)
         # default: the length the model was fine-tuned with (config.training_max_length, else the tokenizer's)
         length = min(max_length or default_max_length(tok, config, fallback=limit), limit)
-        features = tokenize(tok, data, length)
-        info["max_length"] = length
+        examples = data.encode(tok, config, length)
+        features = examples.features
+        info.update(max_length=length, **examples.settings)
         report["models"].append(info)
+        report["num_examples"] = report["num_examples"] or len(features)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else config.pad_token_id
         for bs in batch_sizes:
             plain = make_batches(features, bs, pad_id, equal_lengths=equal_lengths, device=device)
             sorted_ = make_batches(features, bs, pad_id, sort_by_length=True, equal_lengths=equal_lengths,
                                    device=device)
             per = {n: (sorted_ if n == "dense_sorted" else plain) for n in models}
-            records = _bench_one(models, per, data, bs, device, repeats, warmup, memory, progress,
+            records = _bench_one(models, per, data, examples, bs, device, repeats, warmup, memory, progress,
                                  desc=f"{os.path.basename(os.path.normpath(model_dir))} bs={bs}")
             if profile:
                 text = profile_variants({k: m for k, m in models.items() if k != "dense_sorted"}, per, device)
@@ -56,7 +63,7 @@ def benchmark(model_dirs: Sequence[str], data: BenchData, batch_sizes: Sequence[
                 if log:
                     log(text)
             for rec in records:
-                rec.update(model=model_dir, max_length=length)
+                rec.update(model=model_dir, max_length=length, **examples.settings)
             report["records"].extend(records)
             if log:
                 log(format_table([r for r in records]))
@@ -69,13 +76,13 @@ def benchmark(model_dirs: Sequence[str], data: BenchData, batch_sizes: Sequence[
     return report
 
 
-def _bench_one(models, per, data, bs, device, repeats, warmup, memory, progress, desc):
-    n = len(data.texts)
-    passes, acct, metrics = {}, {}, {}
+def _bench_one(models, per, data, examples, bs, device, repeats, warmup, memory, progress, desc):
+    n = len(examples.features)
+    passes, acct, metrics, predictions = {}, {}, {}, {}
     for name, model in models.items():  # untimed: outputs, accounting, and a warm-up of every shape
         passes[name] = run_pass(model, per[name], n, data.regression)
         acct[name] = accounting(model, passes[name])
-        metrics[name] = data.metric_fn(passes[name].predictions, data.labels)
+        predictions[name], metrics[name] = examples.score(passes[name])
     stats = measure_throughput(models, {k: per[k] for k in models}, repeats=repeats, warmup=warmup, device=device,
                                progress=progress, desc=desc)
     load_1min = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on the machine while timing
@@ -110,11 +117,18 @@ def _bench_one(models, per, data, bs, device, repeats, warmup, memory, progress,
         if "speedup_vs_engine_off" in rec and name.startswith("skim"):
             rec["realized_over_flops"] = rec["speedup_vs_engine_off"] / ac["flops_ratio"]
         if "dense" in passes and name != "dense":
-            rec["max_abs_logit_diff_vs_dense"] = float((passes[name].logits - passes["dense"].logits).abs().max())
+            rec["max_abs_logit_diff_vs_dense"] = max_logit_diff(passes[name].logits, passes["dense"].logits)
             rec["prediction_agreement_vs_dense"] = sum(
-                int(a == b) for a, b in zip(passes[name].predictions, passes["dense"].predictions)) / n
+                int(a == b) for a, b in zip(predictions[name], predictions["dense"])) / len(predictions[name])
         records.append(rec)
     return records
+
+
+def max_logit_diff(logits, reference) -> float:
+    """Largest |logits - reference| over the logits both computed: positions a QA model skipped (Block-Skim's
+    lowest logit, at or below `squad.SKIPPED_LOGIT`) hold no value to compare."""
+    both = (logits > SKIPPED_LOGIT) & (reference > SKIPPED_LOGIT)
+    return float((logits - reference)[both].abs().max()) if both.any() else 0.0
 
 
 def check_targets(records) -> list:
