@@ -35,7 +35,7 @@ def pct(value) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# budget_sst2/: budget-trained Transkimmer and LTP, and the inference knob swept by `tokenskim calibrate`
+# budget_sst2/: budget-trained Transkimmer, LTP and STTABT, and the inference knob swept by `tokenskim calibrate`
 
 BUDGET_RUNS = {
     "dense-e1": "dense-e1 (1 epoch)",
@@ -44,6 +44,7 @@ BUDGET_RUNS = {
     "tkd-t0.5": "Transkimmer, dense first, budget 0.5",
     "ltp-t0.5": "LTP, budget 0.5",
     "ltp-t0.3": "LTP, budget 0.3",
+    "sttabt-t0.4": "STTABT, budget 0.4 (layers 1-5)",
 }
 
 

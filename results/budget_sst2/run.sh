@@ -6,6 +6,8 @@
 #   tk-t<R>                    Transkimmer from the pretrained model, 2 epochs, kept-token budget R
 #   tkd-t<R>                   Transkimmer from dense-e1, 1 epoch with the budget R (2 epochs in all, as LTP)
 #   ltp-t<R>                   LTP from dense-e1: soft pruning 0.5 epoch (budget R) + hard pruning 0.5 epoch
+#   sttabt-t<R>                STTABT from dense-e1: ApproxNet distillation 0.5 epoch + masking 1 epoch (budget R on
+#                              layers 1-5; the recipe's other defaults)
 set -euo pipefail
 OUT=${OUT:-/tmp/budget_sst2}
 ROWS=${ROWS:-6000}
@@ -25,6 +27,7 @@ cmd() {
     tk-t*) echo "--method transkimmer --model $MINILM --num-train-epochs 2 $BUDGET --gumbel-noise false --target-keep-ratio ${1#tk-t}" ;;
     tkd-t*) echo "--method transkimmer --model $OUT/dense-e1 --num-train-epochs 1 $BUDGET --gumbel-noise false --target-keep-ratio ${1#tkd-t}" ;;
     ltp-t*) echo "--method ltp --model $MINILM --finetuned $OUT/dense-e1 --stage-epochs 1,0.5,0.5 $BUDGET --target-keep-ratio ${1#ltp-t}" ;;
+    sttabt-t*) echo "--method sttabt --model $MINILM --finetuned $OUT/dense-e1 --stage-epochs 1,0.5,1 --target-keep-ratio ${1#sttabt-t}" ;;
     *) echo "unknown run $1" >&2; exit 2 ;;
   esac
 }
