@@ -202,6 +202,42 @@ def blockskim_squad() -> str:
     return table(["tau", "EM", "F1", "kept tokens", "FLOPs ratio"], rows)
 
 
+# ----------------------------------------------------------------------------------------------------
+# squad_qa/: dense, Transkimmer-QA and Block-Skim trained the same way, scored on the dev split, timed by bench
+
+SQUAD_RUNS = {"dense": "dense",
+              "tkd": "Transkimmer-QA from dense, budget 0.5", "block-skim": "Block-Skim, tau 0.5"}
+
+
+def squad_qa() -> str:
+    rows = []
+    for name, label in SQUAD_RUNS.items():
+        r = read("squad_qa", "json", f"{name}.json")
+        rows.append([label, f"{r['exact_match']:.2f}", f"{r['f1']:.2f}", f"{r['kept_token_ratio']:.3f}",
+                     x(r["flops_ratio"])])
+    scores = table(["model", "EM", "F1", "kept-token ratio", "FLOPs ratio"], rows)
+    rows = []
+    for r in read("squad_qa", "bench", "bench.json")["records"] + read("squad_qa", "bench_block_skim", "bench.json")["records"]:
+        rows.append([Path(r["model"]).name, r["variant"], f"{r['throughput']:.1f}", f"{r['metric']['exact_match']:.2f}",
+                     f"{r['metric']['f1']:.2f}", f"{r['flops_ratio']:.2f}", x(r.get("speedup_vs_dense")),
+                     x(r.get("speedup_vs_dense_sorted")), f"{r['realized_over_flops']:.2f}" if "realized_over_flops" in r else "-"])
+    timed = table(["model", "variant", "windows/s", "EM", "F1", "FLOPs ratio", "vs dense", "vs dense sorted",
+                   "realized/FLOPs"], rows)
+    return scores + "\n\n" + timed
+
+
+def timed(folder: str) -> str:
+    """Every variant of a `tokenskim bench` run: throughput, metric, FLOPs ratio, speedups against both dense
+    baselines and against the engine with skimming off."""
+    report = read(*folder.split("/"), "bench.json")
+    rows = [[Path(r["model"]).name, r["batch_size"], r["variant"], f"{r['throughput']:.1f}", pct(r["metric_value"]),
+             f"{r['kept_token_ratio']:.3f}", f"{r['flops_ratio']:.2f}", x(r.get("speedup_vs_dense")),
+             x(r.get("speedup_vs_dense_sorted")), x(r.get("speedup_vs_engine_off")),
+             f"{r['realized_over_flops']:.2f}" if "realized_over_flops" in r else "-"] for r in report["records"]]
+    return table(["model", "batch", "variant", "ex/s", "metric", "kept", "FLOPs ratio", "vs dense", "vs dense sorted",
+                  "vs engine off", "realized/FLOPs"], rows)
+
+
 EXPERIMENTS = {
     "budget_sst2": budget_sst2,
     "demo": demo,
@@ -210,6 +246,9 @@ EXPERIMENTS = {
     "transkimmer_vs_dense": transkimmer_vs_dense,
     "pyramid": pyramid,
     "blockskim_squad": blockskim_squad,
+    "squad_qa": squad_qa,
+    "budget_sst2_timed": lambda: timed("budget_sst2/bench"),
+    "imdb_512_synthetic": lambda: timed("bench_imdb_cpu/synthetic_minilm"),
 }
 
 
