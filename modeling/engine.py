@@ -32,7 +32,7 @@ from .attention import (
     varlen_attention_with_received,
 )
 from .packing import compact, first_rows, floor_mask, keep_decision, pack
-from .selector import KEEP_ALL, split_answer
+from .selector import KEEP_ALL, take_score
 
 
 def is_tracing() -> bool:
@@ -176,13 +176,7 @@ class SkimEncoder(nn.Module):
         exit_logits = None
         records = []
 
-        def answer(hook_output):
-            score, record = split_answer(hook_output)
-            if record is not None:
-                records.append(record)
-            return score
-
-        plan = answer(selector.plan(hidden, real, hard=True))
+        plan = take_score(selector.plan(hidden, real, hard=True), records)
 
         def counts():
             cu = state.cu_seqlens
@@ -203,7 +197,10 @@ class SkimEncoder(nn.Module):
                                  protected.index_select(0, state.index))
 
         for i, layer in enumerate(self.layer):
-            score = answer(selector.before_layer(i, x, hard=True)) if plan is None else plan[i].flatten()[state.index]
+            if plan is None:
+                score = take_score(selector.before_layer(i, x, hard=True), records)
+            else:
+                score = plan[i].flatten()[state.index]
             if score is not None:
                 x, _ = drop(x, decide(score))
             kept[state.sequence, i] = counts()
@@ -222,7 +219,7 @@ class SkimEncoder(nn.Module):
             attn = layer.attention.output(ctx.flatten(1), x)
 
             received = mark_protected_blocks(received, protected_len)
-            score = answer(selector.after_attention(i, received, hard=True)) if received is not None else None
+            score = take_score(selector.after_attention(i, received, hard=True), records) if received is not None else None
             if score is not None:
                 x, attn = drop(x, decide(score), extra=attn)  # a token pruned here forwards its input state
             ffn[state.sequence, i] = counts()
@@ -262,13 +259,7 @@ class SkimEncoder(nn.Module):
         masks, kept, ffn, layer_cls, records = [], [], [], [], []
         token_layers = token_ffn_layers = torch.zeros_like(real, dtype=torch.long)
 
-        def answer(hook_output):
-            score, record = split_answer(hook_output)
-            if record is not None:
-                records.append(record)
-            return score
-
-        plan = answer(selector.plan(hidden, real, hard=False))
+        plan = take_score(selector.plan(hidden, real, hard=False), records)
 
         def gate(m, i, score):
             """m times the gate of a keep score; protected tokens and the `min_kept_tokens` best-scored tokens stay
@@ -287,7 +278,10 @@ class SkimEncoder(nn.Module):
             return m * torch.maximum(g.to(m.dtype), protected.to(m.dtype))  # protected tokens always stay
 
         for i, layer in enumerate(self.layer):
-            m = gate(m, i, answer(selector.before_layer(i, x, hard=False))) if plan is None else gate_planned(m, plan[i])
+            if plan is None:
+                m = gate(m, i, take_score(selector.before_layer(i, x, hard=False), records))
+            else:
+                m = gate_planned(m, plan[i])
             kept.append((m > 0.5).sum(1))
             token_layers = token_layers + ((m > 0.5) & real)
 
@@ -297,7 +291,7 @@ class SkimEncoder(nn.Module):
             )
 
             received = mark_protected_blocks(received, protected_len)
-            m = gate(m, i, answer(selector.after_attention(i, received, hard=False)) if received is not None else None)
+            m = gate(m, i, take_score(selector.after_attention(i, received, hard=False), records) if received is not None else None)
             ffn.append((m > 0.5).sum(1))
             token_ffn_layers = token_ffn_layers + ((m > 0.5) & real)
             y = self.run_layer_part(layer, _feed_forward, attn, layer)

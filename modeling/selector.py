@@ -19,11 +19,13 @@ class SelectorOutput:
     record: object = None
 
 
-def split_answer(answer):
-    """A hook's answer -> `(score or None, record or None)`."""
+def take_score(answer, records: list):
+    """A hook's keep score (or None); its record, if it reported one, is appended to `records`."""
     if isinstance(answer, SelectorOutput):
-        return answer.score, answer.record
-    return answer, None
+        if answer.record is not None:
+            records.append(answer.record)
+        return answer.score
+    return answer
 
 
 class TokenSelector(nn.Module):
