@@ -41,10 +41,9 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from torch.nn import CrossEntropyLoss
 from transformers import BertConfig, RobertaConfig
 
-from .heads import SkimForQuestionAnswering
+from .heads import SkimForQuestionAnswering, span_loss
 from .models import SkimModel, SkimModelOutput, SkimQuestionAnsweringOutput, returns_tuple_unless_return_dict
 from .selector import SelectorOutput, TokenSelector
 
@@ -304,14 +303,10 @@ class BlockSkimQuestionAnsweringMixin:
         skipped = skipped_positions(out.records, real, int(self.config.block_size))
         low = torch.finfo(start_logits.dtype).min
         start_logits, end_logits = start_logits.masked_fill(skipped, low), end_logits.masked_fill(skipped, low)
-        loss = skim_loss = None
-        if start_positions is not None and end_positions is not None:
-            seq = start_logits.shape[1]
-            ce = CrossEntropyLoss(ignore_index=seq)
-            loss = (ce(start_logits, start_positions.clamp(0, seq)) + ce(end_logits, end_positions.clamp(0, seq))) / 2
-            if self.skim_model.skim_enabled:
-                s, e = to_rank_space(start_positions, real), to_rank_space(end_positions, real)
-                skim_loss = block_skim_loss(out.records, s, e, float(self.config.balance_factor))
+        loss, skim_loss = span_loss(start_logits, end_logits, start_positions, end_positions), None
+        if loss is not None and self.skim_model.skim_enabled:
+            s, e = to_rank_space(start_positions, real), to_rank_space(end_positions, real)
+            skim_loss = block_skim_loss(out.records, s, e, float(self.config.balance_factor))
         return SkimQuestionAnsweringOutput(
             loss=self._total_loss(loss, skim_loss),
             start_logits=start_logits.contiguous(),

@@ -82,6 +82,16 @@ class SkimForSequenceClassification(SkimPreTrainedModel):
         )
 
 
+def span_loss(start_logits, end_logits, start_positions, end_positions):
+    """Stock `transformers` extractive-QA loss: mean of the start and end cross-entropies over `[batch, seq]` logits;
+    positions outside the sequence are ignored. None without positions."""
+    if start_positions is None or end_positions is None:
+        return None
+    seq = start_logits.shape[1]
+    ce = CrossEntropyLoss(ignore_index=seq)
+    return (ce(start_logits, start_positions.clamp(0, seq)) + ce(end_logits, end_positions.clamp(0, seq))) / 2
+
+
 class SkimForQuestionAnswering(SkimPreTrainedModel):
     """Extractive QA: `qa_outputs` on every position's final state (forwarded for skimmed tokens)."""
 
@@ -102,11 +112,7 @@ class SkimForQuestionAnswering(SkimPreTrainedModel):
             position_ids=position_ids, inputs_embeds=inputs_embeds, return_dict=True, **kwargs,
         )
         start_logits, end_logits = (x.squeeze(-1) for x in self.qa_outputs(out.last_hidden_state).split(1, dim=-1))
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            seq = start_logits.shape[1]
-            ce = CrossEntropyLoss(ignore_index=seq)
-            loss = (ce(start_logits, start_positions.clamp(0, seq)) + ce(end_logits, end_positions.clamp(0, seq))) / 2
+        loss = span_loss(start_logits, end_logits, start_positions, end_positions)
         return SkimQuestionAnsweringOutput(
             loss=self._total_loss(loss, out.skim_loss),
             start_logits=start_logits.contiguous(),
