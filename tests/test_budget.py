@@ -89,3 +89,33 @@ def test_budget_loss_is_per_sequence_and_never_asks_below_the_floor():
     torch.testing.assert_close(budget_loss(keep_all, real, 0.3, min_kept=4), torch.tensor(0.3))
     half = [torch.tensor([[1.0] * 5 + [0.0] * 5, [1, 1, 1] + [0] * 7])] * 2
     torch.testing.assert_close(budget_loss(half, real, 0.3, min_kept=0), torch.tensor((0.2 + 0.7) / 2))
+
+
+def test_masked_attention_gradient_is_bounded_when_kept_keys_hold_little_attention():
+    """The training path's renormalisation keeps its exact value, and its gradient with respect to the keep mask
+    is exact while the kept keys hold at least the floor of a query's attention and bounded below it (the exact
+    one grows without bound: long inputs collapsed on it)."""
+    from tokenskim.modeling.engine import KEPT_MASS_FLOOR, renormalise_kept
+
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(2, 3, 5, 40) * 4, dim=-1)
+
+    def grads(kept, floor):
+        m = torch.zeros(40)
+        m[:kept] = 1.0
+        m.requires_grad_(True)
+        out = renormalise_kept(probs * m, floor)
+        (out * torch.arange(40.0)).sum().backward()
+        return out.detach(), m.grad
+
+    exact_all, exact_grad_all = grads(40, 1e-12)
+    bounded_all, bounded_grad_all = grads(40, KEPT_MASS_FLOOR)  # every key kept: mass 1, above the floor
+    assert torch.equal(bounded_all, exact_all) and torch.allclose(bounded_grad_all, exact_grad_all)
+
+    exact_few, exact_grad_few = grads(2, 1e-12)
+    bounded_few, bounded_grad_few = grads(2, KEPT_MASS_FLOOR)
+    assert torch.allclose(bounded_few, exact_few)  # the forward value never changes
+    rows = probs.shape[0] * probs.shape[1] * probs.shape[2]
+    bound = rows * 40 / KEPT_MASS_FLOOR  # |p_j (c_j - out)| / floor <= 40 / floor per row
+    assert exact_grad_few.abs().max() > 10 * bound  # what the exact gradient does with 2 of 40 keys kept
+    assert bounded_grad_few.abs().max() <= bound
