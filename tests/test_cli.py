@@ -164,6 +164,8 @@ def test_resume_from_checkpoint(tiny_dir, tmp_path, monkeypatch):
         ([*SST2, "--method", "early-exit", "--selector-learning-rate", "1e-3"], ValueError, "trains no token selector"),
         ([*SST2, "--finetuned", "some/checkpoint"], ValueError, "transkimmer trains in one stage"),
         ([*SST2, "--method", "ltp", "--stage-epochs", "1,2"], ValueError, "one of epochs per stage"),
+        ([*SST2, "--method", "dense", "--distill-from", "t"], ValueError, "never trains under skimming"),
+        ([*SST2, "--distill-from", "t", "--distill-alpha", "1.5"], ValueError, "--distill-alpha takes 0..1"),
     ],
 )
 def test_clear_errors(tiny_dir, tmp_path, argv, error, match):

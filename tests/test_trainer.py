@@ -15,7 +15,9 @@ from transformers import BertModel, BertConfig, BertForSequenceClassification, B
 from tokenskim.modeling import TranskimmerBertForSequenceClassification
 from tokenskim.modeling.flops import dense_flops, encoder_flops, flops_ratio, kept_token_ratio
 from tokenskim.trainers import data, metrics
-from tokenskim.trainers.trainer import SkimTrainer, move_to_own_groups, selector_parameter_names, skim_metrics
+from tokenskim.trainers.trainer import (
+    SkimTrainer, distillation_loss, move_to_own_groups, selector_parameter_names, skim_metrics,
+)
 
 BUNDLED = Path(data.__file__).resolve().parent / "data"
 
@@ -67,11 +69,12 @@ def make_trainer(model, tokenizer, tokenized, spec, tmp_path, **args):
         max_steps=3, logging_steps=1, report_to=[], save_strategy="no", train_sampling_strategy="sequential",
         disable_tqdm=True, use_cpu=True, seed=0,
     )
-    selector_lr = args.pop("selector_learning_rate", None)
+    own = {k: args.pop(k) for k in ("selector_learning_rate", "teacher", "distill_alpha", "distill_temperature")
+           if k in args}
     return SkimTrainer(
         model=model, args=TrainingArguments(**{**defaults, **args}), train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"], processing_class=tokenizer, data_collator=data.collator(tokenizer),
-        compute_metrics=metrics.build_compute_metrics(spec.name), selector_learning_rate=selector_lr,
+        compute_metrics=metrics.build_compute_metrics(spec.name), **own,
     )
 
 
@@ -273,3 +276,76 @@ def test_skim_warmup_ramps_the_auxiliary_weight(tiny_dir, sample, tmp_path):
         loss, out = trainer.compute_loss(model, dict(batch), return_outputs=True)
         task = out.loss - 0.5 * out.skim_loss
         torch.testing.assert_close(loss, task + ramp * 0.5 * out.skim_loss)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Distillation from a dense teacher
+
+
+def kl(teacher, student):
+    """KL(softmax(teacher) || softmax(student)) per row, written out."""
+    p = teacher.softmax(-1)
+    return (p * (p.log() - student.log_softmax(-1))).sum(-1)
+
+
+def test_distillation_loss_against_its_formula():
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 3), torch.randn(5, 3)
+    torch.testing.assert_close(distillation_loss({"logits": s}, {"logits": t}), kl(t, s).mean())
+    torch.testing.assert_close(distillation_loss({"logits": s}, {"logits": t}, temperature=2.0), 4 * kl(t / 2, s / 2).mean())
+    assert float(distillation_loss({"logits": t}, {"logits": t})) < 1e-6
+    # extractive QA: the mean over start and end; a position the student skipped (dtype minimum) stays finite
+    ss, se, ts, te = torch.randn(4, 4, 10).unbind(0)
+    ss[:, -2:] = torch.finfo(ss.dtype).min
+    qa = distillation_loss({"start_logits": ss, "end_logits": se}, {"start_logits": ts, "end_logits": te})
+    assert torch.isfinite(qa)
+    torch.testing.assert_close(qa, (kl(ts, ss.clamp_min(-1e4)).mean() + kl(te, se).mean()) / 2)
+    # regression: the squared error
+    torch.testing.assert_close(distillation_loss({"logits": s[:, :1]}, {"logits": t[:, :1]}), ((s[:, 0] - t[:, 0]) ** 2).mean())
+
+
+def perturbed_teacher(tiny_dir):
+    torch.manual_seed(1)
+    teacher = BertForSequenceClassification.from_pretrained(tiny_dir, num_labels=2)
+    with torch.no_grad():
+        teacher.classifier.weight.normal_(0, 1.0)
+    return teacher
+
+
+def test_training_with_a_teacher_mixes_task_and_distillation(tiny_dir, sample, tmp_path):
+    """loss = (1 - alpha) * task + alpha * KL(teacher || student) + ramp * lambda * skim; task_loss logs the task's own."""
+    tokenizer, tokenized, spec = sample
+    model = transkimmer(tiny_dir, skim_bias_init=20.0, skim_coefficient=0.5)
+    teacher = perturbed_teacher(tiny_dir)
+    trainer = make_trainer(model, tokenizer, tokenized, spec, tmp_path, teacher=teacher, distill_alpha=0.3)
+    batch = data.collator(tokenizer)([tokenized["train"][i] for i in range(6)])
+    model.train()
+    loss, out = trainer.compute_loss(model, dict(batch), return_outputs=True)
+    task = out.loss - 0.5 * out.skim_loss
+    with torch.no_grad():
+        taught = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    expected = 0.7 * task + 0.3 * kl(taught, out.logits).mean() + 0.5 * out.skim_loss
+    torch.testing.assert_close(loss, expected)
+    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+
+
+def test_distillation_brings_the_student_to_the_teacher(tiny_dir, sample, tmp_path):
+    """alpha 1: the student learns only the teacher's predictions; the logged distillation loss falls."""
+    tokenizer, tokenized, spec = sample
+    model = transkimmer(tiny_dir, skim_bias_init=20.0, skim_coefficient=0.0)
+    trainer = make_trainer(model, tokenizer, tokenized, spec, tmp_path, teacher=perturbed_teacher(tiny_dir),
+                           distill_alpha=1.0, max_steps=24, logging_steps=4)
+    trainer.train()
+    distill = [h["distill_loss"] for h in trainer.state.log_history if "distill_loss" in h]
+    assert len(distill) == 6 and distill[-1] < 0.2 * distill[0], distill
+
+
+def test_a_dense_student_can_distill_too(tiny_dir, sample, tmp_path):
+    """A stock model has no kept_tokens; the training statistics count every token as kept."""
+    tokenizer, tokenized, spec = sample
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(tiny_dir, num_labels=2)
+    trainer = make_trainer(model, tokenizer, tokenized, spec, tmp_path, teacher=perturbed_teacher(tiny_dir))
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(h["kept_token_ratio"] == 1.0 and h["distill_loss"] > 0 for h in logs)

@@ -91,6 +91,7 @@ class Stage:
     learning_rate: float | None = None
     tunes_selector: bool = False
     selector_learning_rate: float | None = None
+    distills: bool = False
 
 
 def prepare_stage(model, stage: Stage, options: dict | None = None):
@@ -106,15 +107,15 @@ def prepare_stage(model, stage: Stage, options: dict | None = None):
 # and FastBERT's two steps.
 FINETUNE = Stage("finetune", {"skim_enabled": False, "exit_enabled": False}, thresholds_frozen, epochs=3)
 SOFT_PRUNING = Stage("soft-pruning", {"skim_enabled": True, "pruning_stage": "soft", "exit_enabled": False},
-                     everything, epochs=1, tunes_selector=True)
+                     everything, epochs=1, tunes_selector=True, distills=True)
 HARD_PRUNING = Stage("hard-pruning", {"skim_enabled": True, "pruning_stage": "hard", "exit_enabled": False},
-                     thresholds_frozen, epochs=2)
+                     thresholds_frozen, epochs=2, distills=True)
 # skim_enabled switches exits too, and the finetune stage turned it off
 EXIT_HEADS = Stage("exit-heads", {"skim_enabled": True, "exit_enabled": True}, exit_heads_only, epochs=2)
 
 # One-stage methods: the command's --num-train-epochs and --learning-rate.
 DENSE_FINETUNE = Stage("finetune")
-SKIM = Stage("skim", tunes_selector=True)
+SKIM = Stage("skim", tunes_selector=True, distills=True)
 
 # STTABT (results/sttabt_sst2.py, SST-2 with MiniLM-L6 on 20,000 training rows): a dense fine-tune at 5e-5,
 # ApproxNet's distillation at 1e-3 on half as many rows, then masked training at 3e-5 with the keep logits at 0.05.
@@ -122,4 +123,4 @@ STTABT_FINETUNE = dataclasses.replace(FINETUNE, epochs=1, learning_rate=5e-5)
 APPROXNET = Stage("approxnet", {"skim_enabled": True, "skim_coefficient": 0.0}, approxnet_only, epochs=0.5,
                   learning_rate=1e-3)
 MASKING = Stage("masking", {"skim_enabled": True}, approxnet_frozen, epochs=1, learning_rate=3e-5,
-                tunes_selector=True, selector_learning_rate=0.05)
+                tunes_selector=True, selector_learning_rate=0.05, distills=True)

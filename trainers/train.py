@@ -95,6 +95,13 @@ def add_method_arguments(parser):
                         "(default: the stage's own, else --learning-rate)")
     g.add_argument("--skim-warmup-steps", type=int, default=0,
                    help="ramp the skim loss's weight from 0 to --skim-coefficient over this many steps (default 0)")
+    g.add_argument("--distill-from", metavar="CHECKPOINT",
+                   help="a dense teacher (e.g. the fine-tune the skimming model starts from): the stages that train "
+                        "under skimming also learn its predictions")
+    g.add_argument("--distill-alpha", type=float, default=0.5,
+                   help="the distillation loss's share of the task loss, 0..1 (default 0.5)")
+    g.add_argument("--distill-temperature", type=float, default=1.0,
+                   help="softmax temperature of the distillation loss (default 1)")
 
 
 def add_stage_arguments(parser):
@@ -139,9 +146,15 @@ def method_hyperparameters(args) -> dict:
     return {name: given[name] for name in recipe.hyperparameters}
 
 
-def check_stage_flags(method: str, finetuned, selector_learning_rate):
+def check_stage_flags(method: str, finetuned, selector_learning_rate, distill_from=None, distill_alpha=0.5,
+                      distill_temperature=1.0):
     """Flags that need a stage the recipe does not have."""
     stages = recipes.get_recipe(method).stages
+    if distill_from and not any(s.distills for s in stages):
+        raise UsageError(f"--method {method} never trains under skimming; drop --distill-from")
+    if distill_from and not (0.0 <= distill_alpha <= 1.0 and distill_temperature > 0):
+        raise UsageError(f"--distill-alpha takes 0..1 and --distill-temperature a positive number; got "
+                         f"{distill_alpha} and {distill_temperature}")
     if finetuned and not (len(stages) > 1 and stages[0].name == "finetune"):
         raise UsageError(f"--finetuned skips a recipe's first fine-tune stage; --method {method} trains in one stage: "
                          "give the checkpoint as --model instead")
@@ -196,12 +209,13 @@ def stage_training_args(training_args, folder, epochs, learning_rate) -> Trainin
 
 
 def train_stage(model, tokenizer, inputs: dict, training_args, *, num_examples: int, selector_learning_rate=None,
-                skim_warmup_steps: int = 0, resume_from_checkpoint=None):
+                skim_warmup_steps: int = 0, resume_from_checkpoint=None, distillation: dict | None = None):
     """Trains and evaluates a model set up for its stage; returns `(trainer, results)` with results keyed
     without `eval_`.
 
     inputs: the task's datasets, collator and metrics from `evaluate.task_inputs` (made with `tokenizer`);
     num_examples: the validation rows they come from (QA: questions, which the windowed features outnumber).
+    distillation: `SkimTrainer`'s `teacher`, `distill_alpha`, `distill_temperature` (None: no teacher).
     """
     trainer = SkimTrainer(
         model=model,
@@ -210,6 +224,7 @@ def train_stage(model, tokenizer, inputs: dict, training_args, *, num_examples: 
         **inputs,
         selector_learning_rate=selector_learning_rate,
         skim_warmup_steps=skim_warmup_steps,
+        **(distillation or {}),
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     results = strip_prefix(trainer.evaluate())
@@ -231,6 +246,9 @@ def train_recipe(
     skim_warmup_steps: int = 0,
     exit_head_init: str = "classifier",
     finetuned: str | None = None,
+    distill_from: str | None = None,
+    distill_alpha: float = 0.5,
+    distill_temperature: float = 1.0,
     resume_from_checkpoint: str | None = None,
     max_length: int = DEFAULT_MAX_LENGTH,
     command: str = "",
@@ -243,12 +261,14 @@ def train_recipe(
     head picks the method's class; training_args: the `TrainingArguments` every stage starts from (output_dir is
     the run's folder). hyperparameters: the method's config fields from the command line (None: unset).
     stage_epochs / stage_learning_rates: one value per stage or one for all (None: the stages' own).
+    distill_from: a dense teacher checkpoint for the stages that train under skimming (`Stage.distills`), with
+    `distill_alpha` and `distill_temperature` (`SkimTrainer`).
     qa_options: extractive QA's windows and post-processing (default `squad.QAOptions()`).
     """
     recipe = recipes.get_recipe(method)
     if spec.is_qa:
         qa_options = qa_options or squad.QAOptions()
-    check_stage_flags(method, finetuned, selector_learning_rate)
+    check_stage_flags(method, finetuned, selector_learning_rate, distill_from, distill_alpha, distill_temperature)
     start = finetuned or model_name_or_path
     values = recipes.starting_hyperparameters(method, hyperparameters or {}, start)
     n = len(recipe.stages)
@@ -260,6 +280,9 @@ def train_recipe(
 
     tokenizer = AutoTokenizer.from_pretrained(start)  # save_hub_folder records max_length
     inputs = task_inputs(spec, raw, tokenizer, max_length, qa_options=qa_options)
+    teacher = None
+    if distill_from:  # the checkpoint run dense, in the stock class of the task's head
+        teacher = recipes.load_model("dense", distill_from, head=spec.head, **task_config(spec))
 
     previous, records = model_name_or_path, []
     for index, stage in enumerate(recipe.stages, start=1):
@@ -287,6 +310,8 @@ def train_recipe(
         trainer, results = train_stage(
             model, tokenizer, inputs, args, num_examples=raw["validation"].num_rows, selector_learning_rate=selector_lr,
             skim_warmup_steps=skim_warmup_steps if stage.tunes_selector else 0, resume_from_checkpoint=resume,
+            distillation=dict(teacher=teacher, distill_alpha=distill_alpha, distill_temperature=distill_temperature)
+            if teacher is not None and stage.distills else None,
         )
         save_hub_folder(
             trainer, results, spec, method=method, base_model=model_name_or_path, command=command,
@@ -297,6 +322,8 @@ def train_recipe(
                 **{name: getattr(model.config, name, None) for name in recipe.hyperparameters},
                 "selector learning rate": selector_lr,
                 "skim warm-up steps": (skim_warmup_steps or None) if stage.tunes_selector else None,
+                **({"distilled from": distill_from, "distill alpha": distill_alpha,
+                    "distill temperature": distill_temperature} if teacher is not None and stage.distills else {}),
             },
         )
         record = {"stage": stage.name, "index": index, "epochs": args.num_train_epochs, "from": str(previous),
@@ -388,7 +415,8 @@ def run(args):
         args.method, args.model, raw, spec, training_args,
         hyperparameters=hyperparameters, stage_epochs=args.stage_epochs, stage_learning_rates=args.stage_learning_rates,
         selector_learning_rate=args.selector_learning_rate, skim_warmup_steps=args.skim_warmup_steps,
-        exit_head_init=args.exit_head_init, finetuned=args.finetuned,
+        exit_head_init=args.exit_head_init, finetuned=args.finetuned, distill_from=args.distill_from,
+        distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature,
         resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint),
         max_length=args.max_length or (squad.DEFAULT_MAX_LENGTH if spec.is_qa else DEFAULT_MAX_LENGTH),
         command=modelcard.command_line("tokenskim train", args._parser, args),

@@ -10,6 +10,9 @@
   of the auxiliary loss (`skim_warmup_steps`: its weight ramps from 0 to the model's over that many steps).
 - The training log has the task loss (`task_loss`) and the auxiliary loss (`skim_loss`) apart, so
   `task_loss` compares with `eval_loss`, which never includes the auxiliary term.
+- Optional distillation from a dense teacher (`teacher`, `distill_alpha`, `distill_temperature`): the task loss
+  term becomes `(1 - alpha) * task + alpha * distillation` (`distillation_loss`), logged apart as `distill_loss`
+  (`task_loss` stays the task's own loss).
 
 The model computes its own total loss (task loss + weighted auxiliary loss); the trainer only reads it.
 """
@@ -68,6 +71,31 @@ def eval_counts(outputs, attention_mask, num_layers: int) -> tuple:
     return lengths, kept, (kept if ffn is None else ffn)
 
 
+TEACHER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def distillation_loss(student, teacher, temperature: float = 1.0) -> torch.Tensor:
+    """The student's distance to the teacher's predictions, a scalar: for classification logits `[B, C]`,
+    KL(teacher || student) of the temperature-softened distributions times T^2 (Hinton et al.); for extractive QA
+    `start_logits`/`end_logits` `[B, S]`, the mean of that over the two; for regression (`[B, 1]`), the MSE.
+
+    student, teacher: model outputs (mappings) of the same batch."""
+    names = ("start_logits", "end_logits") if student.get("start_logits") is not None else ("logits",)
+    losses = []
+    for name in names:
+        s, t = student[name].float(), teacher[name].float()
+        if s.dim() != 2:
+            raise ValueError(f"distillation takes [batch, classes] or [batch, positions] logits; got {name} {tuple(s.shape)}")
+        if s.shape[-1] == 1:
+            losses.append(torch.nn.functional.mse_loss(s, t))
+            continue
+        # skipped QA positions carry the dtype's minimum: clamp so the log-probabilities stay finite
+        s, t = (x.clamp_min(-1e4) / temperature for x in (s, t))
+        kl = torch.nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="batchmean")
+        losses.append(kl * temperature**2)
+    return torch.stack(losses).mean()
+
+
 def skim_metrics(model, lengths, kept, ffn, exit_layer=None) -> dict:
     """Kept-token ratio, FLOPs ratio (`flops.model_macs`: selector and exit heads included) and per-layer keep rates
     of a whole evaluation set.
@@ -93,13 +121,24 @@ class SkimTrainer(Trainer):
             predictors, LTP's thresholds). None: the same as every other parameter.
         skim_warmup_steps: the auxiliary loss's weight ramps linearly from 0 to the model's
             (`selector.loss_weight`) over this many optimizer steps; 0: full weight from the start.
+        teacher: a model with the same head (typically the dense fine-tune the skimming model starts from),
+            run without gradients on every training batch; None: no distillation.
+        distill_alpha: the distillation loss's share of the task loss (0..1).
+        distill_temperature: the softmax temperature of the distillation loss.
         *args, **kwargs: as for `transformers.Trainer`.
     """
 
-    def __init__(self, *args, selector_learning_rate: float | None = None, skim_warmup_steps: int = 0, **kwargs):
+    def __init__(self, *args, selector_learning_rate: float | None = None, skim_warmup_steps: int = 0,
+                 teacher=None, distill_alpha: float = 0.5, distill_temperature: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.selector_learning_rate = selector_learning_rate
         self.skim_warmup_steps = int(skim_warmup_steps)
+        if not 0.0 <= distill_alpha <= 1.0 or distill_temperature <= 0:
+            raise ValueError(f"distill_alpha must be in [0, 1] and distill_temperature > 0; got {distill_alpha}, "
+                             f"{distill_temperature}")
+        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False) if teacher is not None else None
+        self.distill_alpha = float(distill_alpha)
+        self.distill_temperature = float(distill_temperature)
         if selector_learning_rate is not None and not selector_parameter_names(self.model):
             raise ValueError(f"{type(self.model).__name__} has no token selector; drop --selector-learning-rate")
         # Every model here returns a per-batch mean loss. Stock transformers classifiers accept **kwargs, which
@@ -138,37 +177,51 @@ class SkimTrainer(Trainer):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         skim = outputs.get("skim_loss") if model.training else None
         task = loss
+        weighted = 0.0
         if skim is not None:
             weighted = selector_of(self.model).loss_weight * skim  # the model's loss is task + weighted
             task = loss - weighted
-            loss = task + self.skim_weight_scale() * weighted
-        if model.training and outputs.get("kept_tokens") is not None:
-            self._record_train(outputs, inputs["attention_mask"], task)
+        distill = None
+        if self.teacher is not None and model.training:
+            with torch.no_grad():
+                taught = self.teacher(**{k: inputs[k] for k in TEACHER_INPUTS if k in inputs})
+            distill = distillation_loss(outputs, taught, self.distill_temperature)
+        objective = task if distill is None else (1 - self.distill_alpha) * task + self.distill_alpha * distill
+        loss = objective + self.skim_weight_scale() * weighted
+        if model.training and (outputs.get("kept_tokens") is not None or distill is not None):
+            self._record_train(outputs, inputs["attention_mask"], task, distill)
         return (loss, outputs) if return_outputs else loss
 
     @torch.no_grad()
-    def _record_train(self, outputs, attention_mask, task_loss):
-        kept = outputs["kept_tokens"].sum(0).double()  # [layers]
+    def _record_train(self, outputs, attention_mask, task_loss, distill=None):
+        real = attention_mask.sum().double().view(1)
+        kept = outputs.get("kept_tokens")
+        # a stock model (a distilled dense student) keeps every real token
+        kept = kept.sum(0).double() if kept is not None else real.expand(self.model.config.num_hidden_layers)
         skim = outputs.get("skim_loss")
+        zero = kept.new_zeros(1)
         row = torch.cat([
-            attention_mask.sum().double().view(1),
+            real,
             torch.ones(1, dtype=torch.float64, device=kept.device),
-            (skim.detach().double() if skim is not None else kept.new_zeros(())).view(1),
+            skim.detach().double().view(1) if skim is not None else zero,
             task_loss.detach().double().view(1),
+            distill.detach().double().view(1) if distill is not None else zero,
             kept,
-        ])  # [real tokens, micro-batches, skim loss, task loss, kept per layer]
+        ])  # [real tokens, micro-batches, skim loss, task loss, distillation loss, kept per layer]
         self._train_sums = row if self._train_sums is None else self._train_sums + row
 
     def _train_statistics(self) -> dict:
         """Statistics since the last log, summed over processes. Called on every process in lockstep."""
         sums = self.accelerator.reduce(self._train_sums, reduction="sum")
         self._train_sums = None
-        real, batches, skim, task, kept = sums[0], sums[1], sums[2], sums[3], sums[4:]
+        real, batches, skim, task, distill, kept = sums[0], sums[1], sums[2], sums[3], sums[4], sums[5:]
         stats = {
             "kept_token_ratio": float(kept.sum() / (real * len(kept))),
             "skim_loss": float(skim / batches),
             "task_loss": float(task / batches),
         }
+        if self.teacher is not None:
+            stats["distill_loss"] = float(distill / batches)
         if self.skim_warmup_steps > 0:
             stats["skim_weight_scale"] = self.skim_weight_scale()
         stats.update({f"keep_rate_layer_{i}": float(k / real) for i, k in enumerate(kept)})

@@ -7,6 +7,7 @@
 #   tk-t<R>                    Transkimmer from the pretrained model, 2 epochs, kept-token budget R
 #   tkd-t<R>                   Transkimmer from dense-e1, 1 epoch with the budget R (2 epochs in all, as LTP)
 #   ltp-t<R>                   LTP from dense-e1: soft pruning 0.5 epoch (budget R) + hard pruning 0.5 epoch
+#   tkdkd-t<R>, ltpkd-t<R>     tkd-t<R>, ltp-t<R> distilling dense-e1's predictions (--distill-from, alpha 0.5)
 #   sttabt-t<R>                STTABT from dense-e1: ApproxNet distillation 0.5 epoch + masking 1 epoch (budget R on
 #                              layers 1-5; the recipe's other defaults)
 set -euo pipefail
@@ -30,6 +31,8 @@ cmd() {
     densec-e2) echo "--method dense --model $OUT/dense-e1 --num-train-epochs 1" ;;
     tk-t*) echo "--method transkimmer --model $MINILM --num-train-epochs 2 $BUDGET --gumbel-noise false --target-keep-ratio ${1#tk-t}" ;;
     tkd-t*) echo "--method transkimmer --model $OUT/dense-e1 --num-train-epochs 1 $BUDGET --gumbel-noise false --target-keep-ratio ${1#tkd-t}" ;;
+    tkdkd-t*) echo "$(cmd tkd-t${1#tkdkd-t}) --distill-from $OUT/dense-e1" ;;
+    ltpkd-t*) echo "$(cmd ltp-t${1#ltpkd-t}) --distill-from $OUT/dense-e1" ;;
     ltp-t*) echo "--method ltp --model $MINILM --finetuned $OUT/dense-e1 --stage-epochs 1,0.5,0.5 $BUDGET --target-keep-ratio ${1#ltp-t}" ;;
     sttabt-t*) echo "--method sttabt --model $MINILM --finetuned $OUT/dense-e1 --stage-epochs 1,0.5,1 --target-keep-ratio ${1#sttabt-t}" ;;
     *) echo "unknown run $1" >&2; exit 2 ;;

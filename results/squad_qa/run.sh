@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE=1
 DATA="--task squad --article-split 0.2 --max-train-samples 3000 --max-length 256 --doc-stride 96
       --per-device-train-batch-size 16 --weight-decay 0.01 --warmup-steps 0.1 --seed 42
       --disable-tqdm true --report-to none --save-strategy no --eval-strategy no"
-FROM_MINILM="--model $MINILM --num-train-epochs 1 --learning-rate 1e-4 --logging-steps 25"
+FROM_MINILM="--model $MINILM --num-train-epochs 1 --learning-rate 1e-4 --logging-steps ${LOGSTEPS:-25}"
 BUDGET="--target-keep-ratio 0.5 --skim-coefficient 1.0 --selector-learning-rate 1e-3 --gumbel-noise false"
 
 cmd() {
