@@ -53,16 +53,21 @@ def keep_rates(result: dict) -> str:
     return " ".join(f"{result[k]:.2f}" for k in layers) or "-"
 
 
-def budget_sst2() -> str:
-    base = read("budget_sst2", "json", "dense-e2.json")["accuracy"]
+def budget_runs(folder: str, runs: dict, base: str) -> str:
+    """One row per run of results/budget_sst2/run.sh (`runs`: name -> label), against the dense run `base`."""
+    base_accuracy = read(folder, "json", f"{base}.json")["accuracy"]
     rows = []
-    for name, label in BUDGET_RUNS.items():
-        r = read("budget_sst2", "json", f"{name}.json")
+    for name, label in runs.items():
+        r = read(folder, "json", f"{name}.json")
         target = name.rsplit("-t", 1)[1] if "-t" in name else "-"
-        rows.append([label, target, pct(r["accuracy"]), f"{100 * (r['accuracy'] - base):+.2f}",
+        rows.append([label, target, pct(r["accuracy"]), f"{100 * (r['accuracy'] - base_accuracy):+.2f}",
                      f"{r['kept_token_ratio']:.3f}", x(r["flops_ratio"]), keep_rates(r)])
-    runs = table(["run", "target kept", "accuracy", "change vs dense 2 ep.", "kept-token ratio", "FLOPs ratio",
+    return table(["run", "target kept", "accuracy", "change vs dense 2 ep.", "kept-token ratio", "FLOPs ratio",
                   "keep rate per layer"], rows)
+
+
+def budget_sst2() -> str:
+    runs = budget_runs("budget_sst2", BUDGET_RUNS, "dense-e2")
     sweep = read("budget_sst2", "calibration", "tk-t0.5.json")
     knob = sweep["knob"]
     rows = []

