@@ -211,7 +211,8 @@ def blockskim_squad() -> str:
 # squad_qa/: dense, Transkimmer-QA and Block-Skim trained the same way, scored on the dev split, timed by bench
 
 SQUAD_RUNS = {"dense": "dense",
-              "tkd": "Transkimmer-QA from dense, budget 0.5", "block-skim": "Block-Skim, tau 0.5"}
+              "tkd": "Transkimmer-QA from dense, budget 0.5", "block-skim": "Block-Skim, tau 0.5",
+              "tk-bounded": "Transkimmer-QA from MiniLM, budget 0.5, bounded mask gradient"}
 
 
 def squad_qa() -> str:
