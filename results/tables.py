@@ -67,15 +67,42 @@ def budget_runs(folder: str, runs: dict, base: str) -> str:
 
 
 def budget_sst2() -> str:
-    runs = budget_runs("budget_sst2", BUDGET_RUNS, "dense-e2")
-    sweep = read("budget_sst2", "calibration", "tk-t0.5.json")
-    knob = sweep["knob"]
-    rows = []
-    for p in sweep["points"]:
+    return (budget_runs("budget_sst2", BUDGET_RUNS, "dense-e2") + "\n\n"
+            + knob_sweep("budget_sst2", "calibration", "tk-t0.5.json"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# sst2_full/: the same recipe on the full SST-2 training set
+
+FULL_RUNS = {
+    "dense-e1": "dense-e1 (1 epoch)",
+    "densec-e2": "densec-e2 (dense-e1 + 1 dense epoch)",
+    "tkd-t0.6": "Transkimmer, budget 0.6",
+    "tkd-t0.45": "Transkimmer, budget 0.45",
+    "tkd-t0.3": "Transkimmer, budget 0.3",
+    "tkdkd-t0.45": "Transkimmer, budget 0.45, distilling dense-e1",
+    "ltp-t0.5": "LTP, budget 0.5",
+    "ltp-t0.4": "LTP, budget 0.4",
+    "ltp-t0.3": "LTP, budget 0.3",
+}
+
+
+def knob_sweep(*path) -> str:
+    """Every setting `tokenskim calibrate` searched (its calibration.json): metric, kept ratio, FLOPs, keep rates."""
+    sweep = read(*path)
+    knob, rows = sweep["knob"], []
+    for p in sorted(sweep["points"], key=lambda p: p["flops_ratio"]):
         note = " (as trained)" if p[knob] == sweep["trained_value"] else ""
         note += " (chosen)" if p[knob] == sweep["chosen"] else ""
-        rows.append([f"{p[knob]:.3g}{note}", pct(p["accuracy"]), f"{p['kept_token_ratio']:.3f}", x(p["flops_ratio"])])
-    return runs + "\n\n" + table([knob, "accuracy", "kept-token ratio", "FLOPs ratio"], rows)
+        rows.append([f"{p[knob]:.3g}{note}", pct(p["accuracy"]), f"{p['kept_token_ratio']:.3f}", x(p["flops_ratio"]),
+                     keep_rates(p)])
+    return table([knob, "accuracy", "kept-token ratio", "FLOPs ratio", "keep rate per layer"], rows)
+
+
+def sst2_full() -> str:
+    return (budget_runs("sst2_full", FULL_RUNS, "densec-e2") + "\n\n"
+            + knob_sweep("sst2_full", "calibration", "tkd-t0.45.json") + "\n\n"
+            + knob_sweep("sst2_full", "calibration", "ltp-t0.5.json"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -245,6 +272,7 @@ def timed(folder: str) -> str:
 
 
 EXPERIMENTS = {
+    "sst2_full": sst2_full,
     "budget_sst2": budget_sst2,
     "demo": demo,
     "bench_cpu": bench_cpu,

@@ -1,0 +1,1 @@
+tokenskim train --method dense --model /work/runs/sst2_full/dense-e1 --num-train-epochs 1 --task sst2 --max-length 64 --learning-rate 5e-5 --disable-tqdm true --report-to none --seed 42 --save-strategy no --eval-strategy no --logging-steps 25 --train-sampling-strategy group_by_length --output-dir /work/runs/sst2_full/densec-e2
