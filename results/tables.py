@@ -282,6 +282,7 @@ EXPERIMENTS = {
     "blockskim_squad": blockskim_squad,
     "squad_qa": squad_qa,
     "budget_sst2_timed": lambda: timed("budget_sst2/bench"),
+    "sst2_full_timed": lambda: timed("sst2_full/bench"),
     "imdb_512_synthetic": lambda: timed("bench_imdb_cpu/synthetic_minilm"),
 }
 
