@@ -80,10 +80,12 @@ FULL_RUNS = {
     "tkd-t0.6": "Transkimmer, budget 0.6",
     "tkd-t0.45": "Transkimmer, budget 0.45",
     "tkd-t0.3": "Transkimmer, budget 0.3",
+    "tkd-t0.2": "Transkimmer, budget 0.2",
     "tkdkd-t0.45": "Transkimmer, budget 0.45, distilling dense-e1",
     "ltp-t0.5": "LTP, budget 0.5",
     "ltp-t0.4": "LTP, budget 0.4",
     "ltp-t0.3": "LTP, budget 0.3",
+    "ltp-t0.2": "LTP, budget 0.2",
 }
 
 
