@@ -30,23 +30,33 @@ def varlen_attention(q, k, v, cu_seqlens, lengths, dropout_p: float = 0.0):
     if min(lengths) == max(lengths):  # no ragged edges: one batched call
         n, heads = len(lengths), q.shape[1]
         q, k, v = (x.view(n, lengths[0], heads, -1).transpose(1, 2) for x in (q, k, v))
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p).transpose(1, 2).flatten(0, 1)
+        return _attend(q, k, v, dropout_p).transpose(1, 2).flatten(0, 1)
     if max(lengths) <= SHORT_SEQUENCE and dropout_p == 0.0:
         return padded_attention(q, k, v, cu_seqlens, lengths)
-    # One SDPA call per sequence: faster on CPU than block-diagonal masks or nested tensors. The inputs
-    # must be 4-D: 3-D inputs fall back to the slow math kernel on CPU (about 8x slower).
-    outs = [
-        F.scaled_dot_product_attention(_bhsd(qi), _bhsd(ki), _bhsd(vi), dropout_p=dropout_p)[0]
-        for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths))
-    ]
+    # One call per sequence: faster on CPU than block-diagonal masks, nested tensors or padding to the longest.
+    outs = [_attend(_bhsd(qi), _bhsd(ki), _bhsd(vi), dropout_p)[0]
+            for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths))]
     return torch.cat(outs, dim=1).transpose(0, 1)
+
+
+# Up to this many tokens, plain matmuls and softmax beat SDPA's CPU kernel in float32 (about 1.3x-1.5x at 8-64
+# tokens, even at 256, 3-4x slower at 512: results/short_attention/attention_bench.py).
+MATMUL_ATTENTION_MAX = 128
+
+
+def _attend(q, k, v, dropout_p: float = 0.0):
+    """Softmax attention `[batch, heads, seq, head_dim]` in and out, by the kernel fastest for its size on CPU. The
+    inputs must be 4-D: 3-D inputs send SDPA to its slow math kernel on CPU (about 8x slower)."""
+    if q.shape[-2] <= MATMUL_ATTENTION_MAX and q.dtype == torch.float32 and dropout_p == 0.0 and not q.is_cuda:
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)
+        return torch.matmul(scores.softmax(-1), v)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
 
 # Up to this many tokens per sequence, one padded batched attention is at least as fast as a kernel call per
 # sequence on CPU: the padding costs less than the calls (heavily skimmed late layers keep a few tokens per
-# sequence). Measured with results/short_attention/short_attention_bench.py: about 2.5x faster at 4, 1.7x at 8,
-# even at 12.
-SHORT_SEQUENCE = 12
+# sequence). results/short_attention/attention_bench.py: about 2x faster at 4-8 tokens and at 16, slower at 64.
+SHORT_SEQUENCE = 16
 
 
 def padded_attention(q, k, v, cu_seqlens, lengths, need_received: bool = False):
@@ -80,7 +90,10 @@ def _padded(q, k, v, cu_seqlens, lengths, need_probs: bool):
     pos = torch.arange(longest, device=q.device)
     real = pos < lens[:, None]  # [n, longest]
     rows = (cu[:-1, None] + pos).clamp(max=total - 1)  # padded slots read any real row
-    qp, kp, vp = (x[rows].transpose(1, 2) for x in (q, k, v))  # [n, heads, longest, head_dim]
+    # [n, heads, longest, head_dim]; index_select is ~10x faster than x[rows] on CPU, and batched matmuls of
+    # contiguous operands up to 10x faster than of transposed views
+    qp, kp, vp = (x.index_select(0, rows.flatten()).unflatten(0, rows.shape).transpose(1, 2).contiguous()
+                  for x in (q, k, v))
     probs = None
     if q.dtype != torch.float32 and not need_probs:
         out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=real[:, None, None, :])
@@ -108,7 +121,7 @@ def varlen_attention_with_received(q, k, v, cu_seqlens, lengths):
     Returns:
         context `[total, heads, head_dim]`, received `[total]` float32.
     """
-    if q.is_cuda:  # one batched call, no loop over sequences
+    if q.is_cuda or max(lengths) <= SHORT_SEQUENCE:  # one batched call, no loop over sequences
         return padded_attention(q, k, v, cu_seqlens, lengths, need_received=True)
     ctx, received = [], []
     for probs, c in _sequence_attention(q, k, v, lengths):
@@ -197,7 +210,7 @@ def _sequence_attention(q, k, v, lengths):
     scale = q.shape[-1] ** -0.5
     for qi, ki, vi in zip(q.split(lengths), k.split(lengths), v.split(lengths)):
         qi, ki, vi = qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1)
-        probs = torch.softmax((qi @ ki.transpose(1, 2)).float() * scale, dim=-1)
+        probs = torch.bmm(qi, ki.transpose(1, 2)).float().mul_(scale).softmax(-1)
         yield probs, probs.to(vi.dtype) @ vi
 
 

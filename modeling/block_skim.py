@@ -262,11 +262,11 @@ class BlockSkimSelector(TokenSelector):
         record = BlockRecord(layer_idx, logits, blocks.sequence, blocks.start, blocks.length, keep)
         return SelectorOutput(keep[blocks.token_block] if hard else None, record)
 
-    def macs(self, kept_tokens: torch.Tensor) -> torch.Tensor:
+    def macs(self, kept_tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Exact CNN cost per example `[batch]` from the tokens in each layer's attention `[batch, layers]`:
         a skim layer scores ceil(kept / block_size) blocks of each sequence."""
         if not self.enabled or not len(self.predictors):
-            return super().macs(kept_tokens)
+            return super().macs(kept_tokens, lengths)
         per_block = next(iter(self.predictors.values())).macs_per_block()
         layers = [int(l) for l in self.predictors]
         blocks = torch.div(kept_tokens[:, layers] + self.block_size - 1, self.block_size, rounding_mode="floor")

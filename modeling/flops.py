@@ -34,19 +34,19 @@ def exit_head_macs(exit_layer: torch.Tensor, config) -> torch.Tensor:
     return heads * (d * d + d * config.num_labels)
 
 
-def model_macs(model, kept_tokens, ffn_tokens, exit_layer=None) -> torch.Tensor:
+def model_macs(model, kept_tokens, ffn_tokens, exit_layer=None, *, lengths) -> torch.Tensor:
     """MACs per example `[batch]` of everything `model`'s encoder computed: its layers on the tokens they ran, its
     token selector's own work, and the exit heads it evaluated (when `exit_layer` `[batch]` is given). A stock
     `transformers` model, or a tokenskim model with `skim_enabled=False`, costs its layers alone.
 
-    kept_tokens, ffn_tokens: `[batch, layers]` from the model's output.
+    kept_tokens, ffn_tokens: `[batch, layers]` from the model's output; lengths: `[batch]` real tokens.
     """
     config = model.config
     macs = encoder_flops(kept_tokens, ffn_tokens, config)
     base = getattr(model, "skim_model", None)
     if base is None or not base.skim_enabled:
         return macs
-    macs = macs + base.selector.macs(kept_tokens).to(macs)
+    macs = macs + base.selector.macs(kept_tokens, lengths.to(kept_tokens.device)).to(macs)
     if exit_layer is not None and getattr(model, "exit_heads", None) is not None and config.exit_enabled:
         macs = macs + exit_head_macs(exit_layer, config).to(macs)
     return macs

@@ -79,9 +79,10 @@ class TokenSelector(nn.Module):
         """Auxiliary loss from the per-layer keep masks (training mode), or None."""
         return None
 
-    def macs(self, kept_tokens: torch.Tensor) -> torch.Tensor:
+    def macs(self, kept_tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The selector's own work per example `[batch]` (MACs, float64) from the tokens that entered each layer's
-        attention `kept_tokens` `[batch, layers]`; `flops.model_macs` adds it to the encoder's."""
+        attention `kept_tokens` `[batch, layers]` and each example's real tokens `lengths` `[batch]`;
+        `flops.model_macs` adds it to the encoder's."""
         return torch.zeros(kept_tokens.shape[0], dtype=torch.float64, device=kept_tokens.device)
 
 

@@ -238,13 +238,13 @@ class STTABTSelector(TokenSelector):
         projected = self.approx.hidden_proj(approx.hidden_states)  # [L, total, d]
         return loss + float(c.hidden_distill_weight) * hidden_mse(teacher_states.flatten(1, 2)[:, approx.rows], projected)
 
-    def macs(self, kept_tokens):
-        """MACs per example `[batch]` of what `plan` computes at inference, from `kept_tokens[:, 0]` (layer 0
-        keeps every real token): down-projection, ApproxNet's layers, head averaging and back-tracking. ApproxNet
-        runs once over every real token, whatever the main encoder keeps."""
+    def macs(self, kept_tokens, lengths):
+        """MACs per example `[batch]` of what `plan` computes at inference: down-projection, ApproxNet's layers,
+        head averaging and back-tracking. ApproxNet runs once over every real token, whatever the main encoder
+        keeps."""
         if not self.enabled:
-            return super().macs(kept_tokens)
-        n = kept_tokens[:, 0].double()
+            return super().macs(kept_tokens, lengths)
+        n = lengths.double()
         small, num_layers = self.approx.layer[0], len(self.approx.layer)
         d_a, f_a = small.intermediate.dense.in_features, small.intermediate.dense.out_features
         heads = small.attention.self.num_attention_heads

@@ -160,12 +160,13 @@ class TranskimmerSelector(TokenSelector):
             return keep_ratio_loss(masks, real)
         return budget_loss(masks, real, float(target), self.min_kept_tokens)
 
-    def macs(self, kept_tokens):
-        """The predictors' two Linear layers (d*d + 2d MACs a token), charged on the tokens each layer kept."""
+    def macs(self, kept_tokens, lengths):
+        """The predictors' two Linear layers (d*d + 2d MACs a token), charged on the tokens each predictor scored:
+        layer 0's scores every real token, layer i's the tokens layer i-1 kept."""
         if not self.enabled:
-            return super().macs(kept_tokens)
+            return super().macs(kept_tokens, lengths)
         d = self.config.hidden_size
-        return (d * d + 2 * d) * kept_tokens.double().sum(-1)
+        return (d * d + 2 * d) * (lengths.double() + kept_tokens[:, :-1].double().sum(-1))
 
 
 class TranskimmerBertModel(SkimModel):

@@ -142,7 +142,8 @@ def test_accounting_matches_the_flops_formula_on_a_tiny_model(checkpoint):
     # by hand: MACs per layer 2*d*n^2 + 4*d^2*n + 2*d*f*n' + predictor (d*d + 2*d per scored token)
     d, f = cfg.hidden_size, cfg.intermediate_size
     kept, ffn = skim.kept_tokens.double(), skim.ffn_tokens.double()
-    ours = (2 * d * kept**2 + 4 * d * d * kept + 2 * d * f * ffn + (d * d + 2 * d) * kept).sum()
+    scored = torch.cat([lengths[:, None].double(), kept[:, :-1]], 1)  # the tokens each layer's predictor scored
+    ours = (2 * d * kept**2 + 4 * d * d * kept + 2 * d * f * ffn + (d * d + 2 * d) * scored).sum()
     dense = L * (2 * d * lengths.double() ** 2 + 4 * d * d * lengths + 2 * d * f * lengths).sum()
     assert acc["skim"]["flops_ratio"] == pytest.approx(float(dense / ours))
     assert acc["skim"]["kept_token_ratio"] == pytest.approx(float(kept.sum() / (lengths.sum() * L)))

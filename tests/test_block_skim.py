@@ -244,6 +244,6 @@ def test_config_checks():
     per_block = selector.predictors["0"].macs_per_block()
     assert per_block == 4 * 4 * 9 * (16 + 4) + 2 * 4 * 1 * 1  # heads 4, block 4: two convs and Linear(4, 2)
     kept = torch.tensor([[9, 4, 4], [3, 3, 1]])  # layers 0 and 1 score ceil(kept / 4) blocks
-    assert selector.macs(kept).tolist() == [(3 + 1) * per_block, (1 + 1) * per_block]
+    assert selector.macs(kept, torch.tensor([9, 3])).tolist() == [(3 + 1) * per_block, (1 + 1) * per_block]
     default.config.skim_enabled = False
-    assert selector.macs(kept).tolist() == [0, 0]
+    assert selector.macs(kept, torch.tensor([9, 3])).tolist() == [0, 0]

@@ -212,8 +212,8 @@ def test_flops_of_exited_sequences():
     heads = exit_head_macs(out.exit_layer, model.config)
     assert torch.all(heads <= 2 * (32 * 32 + 32 * 3))
     assert heads.sum() < 0.05 * ours.sum()  # small next to the encoder even in this tiny model
-    torch.testing.assert_close(model_macs(model, out.kept_tokens, out.ffn_tokens, out.exit_layer), ours + heads)
+    torch.testing.assert_close(model_macs(model, out.kept_tokens, out.ffn_tokens, out.exit_layer, lengths=lengths), ours + heads)
     model.config.exit_enabled = False  # no exit head evaluated
-    torch.testing.assert_close(model_macs(model, out.kept_tokens, out.ffn_tokens, out.exit_layer), ours)
+    torch.testing.assert_close(model_macs(model, out.kept_tokens, out.ffn_tokens, out.exit_layer, lengths=lengths), ours)
 
 

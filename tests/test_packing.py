@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tokenskim.modeling.attention import SHORT_SEQUENCE, padded_attention, varlen_attention
+from tokenskim.modeling.attention import MATMUL_ATTENTION_MAX, SHORT_SEQUENCE, padded_attention, varlen_attention
 from tokenskim.modeling.packing import floor_mask, keep_decision, lengths_to_cu, pack, row_to_sequence
 
 
@@ -16,8 +16,10 @@ def reference_attention(q, k, v, lengths):
     return torch.cat(outs)
 
 
-# ragged and short (the padded path), ragged and just too long, equal lengths, long, a single sequence
-@pytest.mark.parametrize("lengths", [[3, 1, 7, SHORT_SEQUENCE, 2], [3, 1, SHORT_SEQUENCE + 1, 2], [5, 5, 5], [40, 3, 17], [1]])
+# ragged and short (the padded path), ragged and just too long, equal lengths, long, a single sequence, both sides
+# of the matmul/SDPA kernel switch
+@pytest.mark.parametrize("lengths", [[3, 1, 7, SHORT_SEQUENCE, 2], [3, 1, SHORT_SEQUENCE + 1, 2], [5, 5, 5], [40, 3, 17], [1],
+                                     [MATMUL_ATTENTION_MAX, 3, MATMUL_ATTENTION_MAX + 1], [MATMUL_ATTENTION_MAX + 1] * 2])
 def test_varlen_attention_matches_each_sequence_alone(lengths):
     torch.manual_seed(0)
     q, k, v = (torch.randn(sum(lengths), 4, 8) for _ in range(3))

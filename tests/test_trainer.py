@@ -111,7 +111,8 @@ def test_eval_metrics_match_the_model_counts_when_tokens_are_skimmed(tiny_dir, s
 
     lengths, kept, ffn = manual_counts(model, tokenizer, tokenized["validation"])
     d = model.config.hidden_size
-    predictors = (d * d + 2 * d) * kept.double().sum(-1)  # Transkimmer's predictors on the tokens each layer kept
+    # Transkimmer's predictors on the tokens they scored: every real token before layer 0, then what each layer kept
+    predictors = (d * d + 2 * d) * (lengths.double() + kept[:, :-1].double().sum(-1))
     assert results["eval_kept_token_ratio"] == pytest.approx(kept_token_ratio(kept, lengths))
     assert results["eval_flops_ratio"] == pytest.approx(flops_ratio(dense_flops(lengths, model.config), encoder_flops(kept, ffn, model.config) + predictors))
     assert results["eval_kept_token_ratio"] < 0.5  # something was actually skimmed

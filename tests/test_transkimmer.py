@@ -85,6 +85,24 @@ def test_unbalanced_bias_init_survives_from_pretrained():
     assert again.bert.selector.predictors[0][-1].bias.tolist() == [1.5, -0.5]
 
 
+def test_flops_charge_each_predictor_on_the_tokens_it_scored():
+    """The selector's MACs are those of the rows its predictors ran on (layer 0: every real token; layer i: the
+    tokens layer i-1 kept), counted by a hook on the predictors of a skimming forward."""
+    model = skimming_model()
+    selector = model.bert.selector
+    rows = []
+    hooks = [p.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0])) for p in selector.predictors]
+    batch = mixed_batch(MIXED_LENGTHS)
+    with torch.no_grad():
+        out = model(**batch)
+    for h in hooks:
+        h.remove()
+    d = model.config.hidden_size
+    macs = selector.macs(out.kept_tokens, torch.tensor(MIXED_LENGTHS))
+    assert out.kept_tokens[:, -1].sum() < sum(MIXED_LENGTHS)  # it skims
+    assert float(macs.sum()) == (d * d + 2 * d) * sum(rows)
+
+
 def test_bad_input_errors():
     model = skimming_model()
     with pytest.raises(ValueError, match="empty batch"):

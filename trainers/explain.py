@@ -107,7 +107,8 @@ def explain_text(model, tokenizer, text, text_pair=None, max_length=None) -> Exp
     lengths = torch.tensor([n])
     dense = flops.dense_flops(lengths, model.config)
     ours = flops.model_macs(model, out.kept_tokens.cpu(), out.ffn_tokens.cpu(),
-                            out.exit_layer.cpu() if getattr(out, "exit_layer", None) is not None else None)
+                            out.exit_layer.cpu() if getattr(out, "exit_layer", None) is not None else None,
+                            lengths=lengths)
     if qa:
         label = qa_answer(out.start_logits[0].float().cpu(), out.end_logits[0].float().cpu(), context_offsets, text_pair)
         prob = None

@@ -104,7 +104,7 @@ def skim_metrics(model, lengths, kept, ffn, exit_layer=None) -> dict:
     """
     metrics = {
         "kept_token_ratio": kept_token_ratio(kept, lengths),
-        "flops_ratio": flops_ratio(dense_flops(lengths, model.config), model_macs(model, kept, ffn, exit_layer)),
+        "flops_ratio": flops_ratio(dense_flops(lengths, model.config), model_macs(model, kept, ffn, exit_layer, lengths=lengths)),
     }
     per_layer = kept.double().sum(0) / lengths.double().sum()
     metrics.update({f"keep_rate_layer_{i}": float(r) for i, r in enumerate(per_layer)})

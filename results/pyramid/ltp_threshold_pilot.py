@@ -22,5 +22,5 @@ for th in thetas:
     m.config.skim_enabled = th > 0
     r = run_pass(m, batches, len(feats))
     acc = data.metric_fn(r.predictions, data.labels)[data.metric_name]
-    d = flops.dense_flops(r.lengths, m.config); o = flops.model_macs(m, r.kept_tokens, r.ffn_tokens)
+    d = flops.dense_flops(r.lengths, m.config); o = flops.model_macs(m, r.kept_tokens, r.ffn_tokens, lengths=r.lengths)
     print(f"theta {th}: {data.metric_name} {acc:.4f} flops_ratio {flops.flops_ratio(d, o):.2f} kept {flops.kept_token_ratio(r.kept_tokens, r.lengths):.3f} mean_len {r.lengths.float().mean():.1f}", flush=True)

@@ -35,7 +35,8 @@ def load(path, **config):
 
 def cost(model, result):
     """Dense MACs and model MACs (encoder + exit heads) per example."""
-    return flops.dense_flops(result.lengths, model.config), flops.model_macs(model, result.kept_tokens, result.ffn_tokens, result.exit_layer)
+    return flops.dense_flops(result.lengths, model.config), flops.model_macs(model, result.kept_tokens, result.ffn_tokens, result.exit_layer,
+                                                                         lengths=result.lengths)
 
 
 def summarize(model, result, data, idx=None):

@@ -75,12 +75,12 @@ def evaluate(model, dev, tokenizer, skim: bool, batch_size=64):
     logits, kept, lengths = torch.cat(logits), torch.cat(kept), torch.cat(lengths)
     accuracy = float((logits.argmax(-1) == torch.tensor(dev["labels"])).double().mean())
     dense = dense_flops(lengths, model.config)
-    approx = model.bert.selector.macs(kept)  # zero with skimming off
+    approx = model.bert.selector.macs(kept, lengths)  # zero with skimming off
     return {
         "accuracy": accuracy,
         "kept_token_ratio": kept_token_ratio(kept, lengths),
         "keep_rate_per_layer": (kept.double().sum(0) / lengths.double().sum()).tolist(),
-        "flops_ratio_with_approxnet": flops_ratio(dense, model_macs(model, kept, kept)),
+        "flops_ratio_with_approxnet": flops_ratio(dense, model_macs(model, kept, kept, lengths=lengths)),
         "flops_ratio_without_approxnet": flops_ratio(dense, encoder_flops(kept, kept, model.config)),
         "approxnet_share_of_dense_macs": float(approx.sum() / dense.sum()),
         "seconds": seconds,

@@ -78,7 +78,8 @@ def run_pass(model, batches: Sequence[Batch], num_examples: int, regression: boo
 def accounting(model, result: PassResult) -> dict:
     """Kept-token ratio, analytic FLOPs ratio and per-layer keep rates from a pass (real tokens only)."""
     dense = flops.dense_flops(result.lengths, model.config)
-    ours = flops.model_macs(model, result.kept_tokens, result.ffn_tokens, result.exit_layer)
+    ours = flops.model_macs(model, result.kept_tokens, result.ffn_tokens, result.exit_layer,
+                           lengths=result.lengths)
     real = result.lengths.double().sum()
     return {
         "kept_token_ratio": flops.kept_token_ratio(result.kept_tokens, result.lengths),
