@@ -8,6 +8,7 @@
 #   tkd-t<R>                   Transkimmer from dense-e1, 1 epoch with the budget R (2 epochs in all, as LTP)
 #   ltp-t<R>                   LTP from dense-e1: soft pruning 0.5 epoch (budget R) + hard pruning 0.5 epoch
 #   tkdkd-t<R>, ltpkd-t<R>     tkd-t<R>, ltp-t<R> distilling dense-e1's predictions (--distill-from, alpha 0.5)
+#   mp-t<R>                    Magic Pyramid from dense-e1: ltp-t<R>'s stages + exit heads 0.5 epoch (heads at lr 5e-4)
 #   sttabt-t<R>                STTABT from dense-e1: ApproxNet distillation 0.5 epoch + masking 1 epoch (budget R on
 #                              layers 1-5; the recipe's other defaults)
 set -euo pipefail
@@ -35,6 +36,8 @@ cmd() {
     tkdkd-t*) echo "$(cmd tkd-t${1#tkdkd-t}) --distill-from $OUT/dense-e1" ;;
     ltpkd-t*) echo "$(cmd ltp-t${1#ltpkd-t}) --distill-from $OUT/dense-e1" ;;
     ltp-t*) echo "--method ltp --model $MINILM --finetuned $OUT/dense-e1 --stage-epochs 1,0.5,0.5 $BUDGET --target-keep-ratio ${1#ltp-t}" ;;
+    mp-t*) echo "--method magic-pyramid --model $MINILM --finetuned $OUT/dense-e1 --stage-epochs 1,0.5,0.5,0.5
+                 --stage-learning-rates 5e-5,5e-5,5e-5,5e-4 $BUDGET --target-keep-ratio ${1#mp-t}" ;;
     sttabt-t*) echo "--method sttabt --model $MINILM --finetuned $OUT/dense-e1 --stage-epochs 1,0.5,1 --target-keep-ratio ${1#sttabt-t}" ;;
     *) echo "unknown run $1" >&2; exit 2 ;;
   esac
