@@ -121,7 +121,9 @@ def varlen_attention_with_received(q, k, v, cu_seqlens, lengths):
     Returns:
         context `[total, heads, head_dim]`, received `[total]` float32.
     """
-    if q.is_cuda or max(lengths) <= SHORT_SEQUENCE:  # one batched call, no loop over sequences
+    # one batched call, no loop over sequences: on CUDA, and for short float32 sequences on CPU (half precision
+    # keeps the per-sequence matmuls, whose rounding does not depend on the rest of the batch)
+    if q.is_cuda or (max(lengths) <= SHORT_SEQUENCE and q.dtype == torch.float32):
         return padded_attention(q, k, v, cu_seqlens, lengths, need_received=True)
     ctx, received = [], []
     for probs, c in _sequence_attention(q, k, v, lengths):
