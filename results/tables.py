@@ -53,16 +53,16 @@ def keep_rates(result: dict) -> str:
     return " ".join(f"{result[k]:.2f}" for k in layers) or "-"
 
 
-def budget_runs(folder: str, runs: dict, base: str) -> str:
+def budget_runs(folder: str, runs: dict, base: str, base_label: str = "dense 2 ep.") -> str:
     """One row per run of results/budget_sst2/run.sh (`runs`: name -> label), against the dense run `base`."""
     base_accuracy = read(folder, "json", f"{base}.json")["accuracy"]
     rows = []
     for name, label in runs.items():
         r = read(folder, "json", f"{name}.json")
-        target = name.rsplit("-t", 1)[1] if "-t" in name else "-"
+        target = name.rsplit("-t", 1)[1].split("-")[0] if "-t" in name else "-"
         rows.append([label, target, pct(r["accuracy"]), f"{100 * (r['accuracy'] - base_accuracy):+.2f}",
                      f"{r['kept_token_ratio']:.3f}", x(r["flops_ratio"]), keep_rates(r)])
-    return table(["run", "target kept", "accuracy", "change vs dense 2 ep.", "kept-token ratio", "FLOPs ratio",
+    return table(["run", "target kept", "accuracy", f"change vs {base_label}", "kept-token ratio", "FLOPs ratio",
                   "keep rate per layer"], rows)
 
 
@@ -105,6 +105,21 @@ def sst2_full() -> str:
     return (budget_runs("sst2_full", FULL_RUNS, "densec-e2") + "\n\n"
             + knob_sweep("sst2_full", "calibration", "tkd-t0.45.json") + "\n\n"
             + knob_sweep("sst2_full", "calibration", "ltp-t0.5.json"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# ag_news_pyramid/: Magic Pyramid with a budget on AG News
+
+AG_NEWS_RUNS = {
+    "dense-e1": "dense-e1 (1 epoch)",
+    "mp-t0.25": "Magic Pyramid, budget 0.25, thresholds at lr 1e-3",
+    "mp-t0.25-slr1e-4": "Magic Pyramid, budget 0.25, thresholds at lr 1e-4",
+}
+
+
+def ag_news_pyramid() -> str:
+    return (budget_runs("ag_news_pyramid", AG_NEWS_RUNS, "dense-e1", "dense-e1") + "\n\n"
+            + knob_sweep("ag_news_pyramid", "calibration_threshold_scale_mp-t0.25.json"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -275,6 +290,7 @@ def timed(folder: str) -> str:
 
 EXPERIMENTS = {
     "sst2_full": sst2_full,
+    "ag_news_pyramid": ag_news_pyramid,
     "budget_sst2": budget_sst2,
     "demo": demo,
     "bench_cpu": bench_cpu,
