@@ -108,6 +108,21 @@ def sst2_full() -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
+# imdb_512/: the budget recipe on 512-token reviews
+
+IMDB_RUNS = {
+    "dense-e1": "dense-e1 (1 epoch)",
+    "tkd-t0.3": "Transkimmer, budget 0.3",
+    "tkd-t0.3-k0.571": "the same, keep_threshold 0.571 (the knob's 3x point)",
+}
+
+
+def imdb_512() -> str:
+    return (budget_runs("imdb_512", IMDB_RUNS, "dense-e1", "dense-e1") + "\n\n"
+            + knob_sweep("imdb_512", "calibration", "tkd-t0.3.json"))
+
+
+# ----------------------------------------------------------------------------------------------------
 # ag_news_pyramid/: Magic Pyramid with a budget on AG News
 
 AG_NEWS_RUNS = {
@@ -291,6 +306,7 @@ def timed(folder: str) -> str:
 EXPERIMENTS = {
     "sst2_full": sst2_full,
     "ag_news_pyramid": ag_news_pyramid,
+    "imdb_512": imdb_512,
     "budget_sst2": budget_sst2,
     "demo": demo,
     "bench_cpu": bench_cpu,
@@ -301,6 +317,7 @@ EXPERIMENTS = {
     "squad_qa": squad_qa,
     "budget_sst2_timed": lambda: timed("budget_sst2/bench"),
     "sst2_full_timed": lambda: timed("sst2_full/bench"),
+    "imdb_512_timed": lambda: timed("imdb_512/bench"),
     "imdb_512_synthetic": lambda: timed("bench_imdb_cpu/synthetic_minilm"),
 }
 
