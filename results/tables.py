@@ -66,9 +66,13 @@ def budget_runs(folder: str, runs: dict, base: str, base_label: str = "dense 2 e
                   "keep rate per layer"], rows)
 
 
+def budget_experiment(folder: str, runs: dict, base: str, base_label: str, *sweeps) -> str:
+    """A results folder of budget runs: the runs' table against `base`, then each knob sweep (paths in `folder`)."""
+    return "\n\n".join([budget_runs(folder, runs, base, base_label), *(knob_sweep(folder, *path) for path in sweeps)])
+
+
 def budget_sst2() -> str:
-    return (budget_runs("budget_sst2", BUDGET_RUNS, "dense-e2") + "\n\n"
-            + knob_sweep("budget_sst2", "calibration", "tk-t0.5.json"))
+    return budget_experiment("budget_sst2", BUDGET_RUNS, "dense-e2", "dense 2 ep.", ("calibration", "tk-t0.5.json"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -102,9 +106,8 @@ def knob_sweep(*path) -> str:
 
 
 def sst2_full() -> str:
-    return (budget_runs("sst2_full", FULL_RUNS, "densec-e2") + "\n\n"
-            + knob_sweep("sst2_full", "calibration", "tkd-t0.45.json") + "\n\n"
-            + knob_sweep("sst2_full", "calibration", "ltp-t0.5.json"))
+    return budget_experiment("sst2_full", FULL_RUNS, "densec-e2", "dense 2 ep.", ("calibration", "tkd-t0.45.json"),
+                             ("calibration", "ltp-t0.5.json"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -118,8 +121,7 @@ IMDB_RUNS = {
 
 
 def imdb_512() -> str:
-    return (budget_runs("imdb_512", IMDB_RUNS, "dense-e1", "dense-e1") + "\n\n"
-            + knob_sweep("imdb_512", "calibration", "tkd-t0.3.json"))
+    return budget_experiment("imdb_512", IMDB_RUNS, "dense-e1", "dense-e1", ("calibration", "tkd-t0.3.json"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -133,8 +135,8 @@ AG_NEWS_RUNS = {
 
 
 def ag_news_pyramid() -> str:
-    return (budget_runs("ag_news_pyramid", AG_NEWS_RUNS, "dense-e1", "dense-e1") + "\n\n"
-            + knob_sweep("ag_news_pyramid", "calibration_threshold_scale_mp-t0.25.json"))
+    return budget_experiment("ag_news_pyramid", AG_NEWS_RUNS, "dense-e1", "dense-e1",
+                             ("calibration_threshold_scale_mp-t0.25.json",))
 
 
 # ----------------------------------------------------------------------------------------------------
