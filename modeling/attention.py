@@ -39,7 +39,7 @@ def varlen_attention(q, k, v, cu_seqlens, lengths, dropout_p: float = 0.0):
     return torch.cat(outs, dim=1).transpose(0, 1)
 
 
-# Up to this many tokens, plain matmuls and softmax beat SDPA's CPU kernel in float32 (about 1.3x-1.5x at 8-64
+# Up to this many tokens, plain matmuls and softmax beat SDPA's CPU kernel in float32 (about 1.4x-1.7x at 8-64
 # tokens, even at 256, 3-4x slower at 512: results/short_attention/attention_bench.py).
 MATMUL_ATTENTION_MAX = 128
 
