@@ -254,7 +254,7 @@ class BlockSkimSelector(TokenSelector):
         p_keep = torch.softmax(logits, dim=-1)[:, KEEP]
         return blocks.protected | (p_keep >= float(self.config.skim_threshold))
 
-    def after_attention(self, layer_idx, blocks, hard):
+    def after_attention(self, layer_idx, blocks, hard, tokens=None):
         """blocks: `AttentionBlocks` -> keep `[...]` bool per token (inference) or None (training never skims),
         with this layer's `BlockRecord`."""
         logits = self.predictors[str(layer_idx)](blocks.probs)

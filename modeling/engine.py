@@ -208,8 +208,10 @@ class SkimEncoder(nn.Module):
 
             sa = layer.attention.self
             q, k, v = (_split_heads(proj(x), sa) for proj in (sa.query, sa.key, sa.value))
+            tokens = None
             if selector.needs_received_attention(i):
                 ctx, received = varlen_attention_with_received(q, k, v, state.cu_seqlens, state.lengths)
+                tokens = counts().index_select(0, state.row_seq).float()
             elif selector.attention_block_size(i):
                 size = selector.attention_block_size(i)
                 ctx, received = varlen_attention_with_blocks(q, k, v, state.lengths, size, rank[state.index],
@@ -219,7 +221,8 @@ class SkimEncoder(nn.Module):
             attn = layer.attention.output(ctx.flatten(1), x)
 
             received = mark_protected_blocks(received, protected_len)
-            score = take_score(selector.after_attention(i, received, hard=True), records) if received is not None else None
+            score = (take_score(selector.after_attention(i, received, hard=True, tokens=tokens), records)
+                     if received is not None else None)
             if score is not None:
                 x, attn = drop(x, decide(score), extra=attn)  # a token pruned here forwards its input state
             ffn[state.sequence, i] = counts()
@@ -291,7 +294,9 @@ class SkimEncoder(nn.Module):
             )
 
             received = mark_protected_blocks(received, protected_len)
-            m = gate(m, i, take_score(selector.after_attention(i, received, hard=False), records) if received is not None else None)
+            tokens = m.float().sum(1, keepdim=True).expand_as(received) if torch.is_tensor(received) else None
+            m = gate(m, i, take_score(selector.after_attention(i, received, hard=False, tokens=tokens), records)
+                     if received is not None else None)
             ffn.append((m > 0.5).sum(1))
             token_ffn_layers = token_ffn_layers + ((m > 0.5) & real)
             y = self.run_layer_part(layer, _feed_forward, attn, layer)

@@ -70,9 +70,11 @@ class TokenSelector(nn.Module):
         sequence's attention probabilities (`AttentionBlocks`, Block-Skim's signal), else 0."""
         return 0
 
-    def after_attention(self, layer_idx: int, received, hard: bool):
+    def after_attention(self, layer_idx: int, received, hard: bool, tokens=None):
         """Keep score after the attention of layer `layer_idx`, or None, from what the selector asked for: the
-        attention each token receives `[...]` or the `AttentionBlocks` (their `token_block` has the score's shape)."""
+        attention each token receives `[...]` float32, with `tokens` `[...]` float32, the (soft-)kept tokens of each
+        token's sequence that the attention ran over, or the `AttentionBlocks` (their `token_block` has the score's
+        shape; tokens None)."""
         return None
 
     def loss(self, masks: list, real: torch.Tensor):

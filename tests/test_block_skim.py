@@ -223,7 +223,7 @@ def test_packed_inference_equals_masked_path_with_hard_decisions():
         packed = model(**batch)
         selector = model.bert.selector
         after = selector.after_attention
-        selector.after_attention = lambda i, blocks, hard: after(i, blocks, hard=True)
+        selector.after_attention = lambda i, blocks, hard, tokens=None: after(i, blocks, hard=True)
         model.train()
         selector.predictors.eval()
         masked = model(**batch)

@@ -77,10 +77,15 @@ def test_higher_threshold_prunes_more():
     assert kept == sorted(kept, reverse=True) and kept[-1] < kept[0]
 
 
-def test_hard_stage_training_path_equals_packed_inference():
+# thresholds of both spaces that prune a good share of the random model's tokens
+SPACES = {"attention": {}, "log-relative": {"threshold_space": "log-relative", "final_threshold": 1.5}}
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_hard_stage_training_path_equals_packed_inference(space):
     """Training with pruning_stage='hard' applies the same binary decisions as inference (masked keys
     and residual gating vs physical removal), so the logits agree."""
-    model = pruning_model(pruning_stage="hard")
+    model = pruning_model(pruning_stage="hard", **SPACES[space])
     batch = mixed_batch([20, 7, 13, 3])
     with torch.no_grad():
         packed = model(**batch)
@@ -194,3 +199,82 @@ def test_budget_loss_is_the_distance_to_the_target_times_the_layers():
         model.zero_grad()
         model(**batch).skim_loss.backward()
         assert sign * float(model.bert.selector.threshold_offsets.grad[1:].sum()) < 0  # higher thresholds keep fewer
+
+
+def uniform_attention_model(**kwargs):
+    """Zero query weights: every token receives exactly 1/n of the attention of its sequence's n kept tokens."""
+    model = pruning_model(**kwargs)
+    with torch.no_grad():
+        for layer in model.bert.encoder.layer:
+            layer.attention.self.query.weight.zero_()
+            layer.attention.self.query.bias.zero_()
+    return model
+
+
+def test_log_relative_thresholds_do_not_depend_on_length():
+    """Under uniform attention every token's share is 1/n: thresholds on received attention prune the long
+    sequences only, thresholds on log(n * share) treat every length alike (all kept below 1, all pruned above)."""
+    lengths = [30, 5]
+    batch = mixed_batch(lengths)
+
+    def ffn(**kwargs):
+        with torch.no_grad():
+            return uniform_attention_model(min_kept_tokens=1, **kwargs)(**batch).ffn_tokens.tolist()
+
+    # attention space: layer 2 prunes below 0.05 * 2/3 = 0.033; 1/30 is just above it, 1/5 far above
+    assert ffn(final_threshold=0.06) == [[30, 30, 1], [5, 5, 5]]
+    # log-relative: layer 1 at 0.9 * 1/3 and layer 2 at 0.9 * 2/3 of the average keep all; 1.8 * 2/3 > 1 prunes all
+    assert ffn(threshold_space="log-relative", final_threshold=0.9) == [[30, 30, 30], [5, 5, 5]]
+    assert ffn(threshold_space="log-relative", final_threshold=1.8) == [[30, 30, 1], [5, 5, 1]]
+
+
+def test_log_relative_scale_and_defaults():
+    model = pruning_model(threshold_space="log-relative", final_threshold=None)
+    selector = model.bert.selector
+    assert selector.final_threshold == 1.0 and selector.temperature == 0.25
+    torch.testing.assert_close(selector.thresholds()[1:], torch.log(torch.tensor([1 / 3, 2 / 3])))
+    batch = mixed_batch(MIXED_LENGTHS)
+    kept = []
+    with torch.no_grad():
+        for scale in (0.0, 0.5, 1.0, 2.0, 4.0):
+            model.config.threshold_scale = scale
+            kept.append(model(**batch).ffn_tokens.sum().item())
+    assert kept == sorted(kept, reverse=True) and kept[-1] < kept[0]
+    assert kept[0] == sum(MIXED_LENGTHS) * 3  # scale 0 prunes nothing
+    model.config.threshold_space = "linear"
+    with pytest.raises(ValueError, match="threshold_space"):
+        model(**batch)
+
+
+def test_log_relative_batch_equals_alone():
+    model = pruning_model(threshold_space="log-relative", final_threshold=1.5)
+    batch = mixed_batch(MIXED_LENGTHS, seed=3)
+    with torch.no_grad():
+        together = model(**batch)
+        for b, n in enumerate(MIXED_LENGTHS):
+            alone = model(input_ids=batch["input_ids"][b : b + 1, :n], attention_mask=batch["attention_mask"][b : b + 1, :n])
+            torch.testing.assert_close(alone.logits[0], together.logits[b], atol=1e-5, rtol=1e-4)
+            assert alone.ffn_tokens[0].tolist() == together.ffn_tokens[b].tolist()
+    assert together.ffn_tokens[:, -1].sum() < sum(MIXED_LENGTHS)
+
+
+def test_a_threshold_above_every_token_still_gets_pulled_back_in_log_relative_space():
+    """The absorbing state of thresholds on received attention: once a threshold passes every token but the floor,
+    the paper's T = 1e-3 gate is 0 on all of them and the budget loss has no gradient to pull it back. In the
+    log-relative space the gate's width is a share of the scores' spread, so the pull-back is there."""
+    batch = mixed_batch([12, 9, 14], seed=4)
+
+    def offset_grad(offset, **kwargs):
+        model = pruning_model(target_keep_ratio=0.8, min_kept_tokens=2, **kwargs).train()
+        with torch.no_grad():
+            model.bert.selector.threshold_offsets[1:] = offset
+        out = model(**batch)
+        assert all(int(n) == 2 for n in out.ffn_tokens[:, 1:].flatten())  # every sequence is at the floor
+        out.skim_loss.backward()
+        return model.bert.selector.threshold_offsets.grad[1:]
+
+    # layer 1's threshold at about 1.5x the average share in both spaces (0.133 against 1/12; e^1.5 / 3 = 1.49)
+    assert offset_grad(0.1).abs().max() < 1e-6  # attention space: stuck
+    # log-relative: below the target the loss pulls layer 1's threshold down (a positive gradient); layer 2 follows
+    # once layer 1 lets tokens through (its own gate sits behind layer 1's)
+    assert offset_grad(1.5, threshold_space="log-relative", final_threshold=1.0)[0] > 0.1

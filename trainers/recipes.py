@@ -65,7 +65,7 @@ class Recipe:
 
 TRANSKIMMER_FIELDS = ("skim_coefficient", "target_keep_ratio", "min_kept_tokens", "keep_threshold", "gumbel_tau",
                       "gumbel_noise", "skim_enabled", "skim_bias_init")
-LTP_FIELDS = ("final_threshold", "temperature", "skim_coefficient", "target_keep_ratio", "min_kept_tokens",
+LTP_FIELDS = ("threshold_space", "final_threshold", "temperature", "skim_coefficient", "target_keep_ratio", "min_kept_tokens",
               "threshold_scale")
 EXIT_FIELDS = ("exit_threshold", "exit_criterion", "exit_patience")
 
@@ -145,8 +145,12 @@ HYPERPARAMETERS = {
                      "Transkimmer: false trains on the deterministic decisions inference takes (straight-through)"),
     "skim_enabled": (parse_bool, "false runs the engine with every token kept"),
     "skim_bias_init": (float, "Transkimmer: new predictors start with keep/skip logits +/- this (default 5: keep all)"),
-    "final_threshold": (float, "LTP: threshold theta_L of the last layer (layer l uses theta_L * l / L + a learned offset)"),
-    "temperature": (float, "LTP: temperature T of the soft-pruning gate sigmoid((s - theta) / T)"),
+    "threshold_space": (str, "LTP: what thresholds compare: attention (received attention, the paper's) or "
+                             "log-relative (log of received attention times the sequence's kept tokens)"),
+    "final_threshold": (float, "LTP: threshold theta_L of the last layer (layer l uses theta_L * l / L + a learned offset; "
+                               "default 0.01 for attention, 1.0 for log-relative)"),
+    "temperature": (float, "LTP: temperature T of the soft-pruning gate sigmoid((s - theta) / T) "
+                           "(default 1e-3 for attention, 0.25 for log-relative)"),
     "exit_threshold": (float, "early exit: tau, exit when normalized entropy <= tau (changeable at inference)"),
     "exit_criterion": (str, "early exit: entropy (default) or patience (PABEE)"),
     "exit_patience": (int, "early exit: layers in a row with the same prediction, for --exit-criterion patience"),

@@ -9,6 +9,7 @@
 #   ltp-t<R>                   LTP from dense-e1: soft pruning 0.5 epoch (budget R) + hard pruning 0.5 epoch
 #   tkdkd-t<R>, ltpkd-t<R>     tkd-t<R>, ltp-t<R> distilling dense-e1's predictions (--distill-from, alpha 0.5)
 #   mp-t<R>                    Magic Pyramid from dense-e1: ltp-t<R>'s stages + exit heads 0.5 epoch (heads at lr 5e-4)
+#   ltpr-t<R>, mpr-t<R>        ltp-t<R>, mp-t<R> with thresholds in the log-relative space (thresholds at lr 1e-2)
 #   sttabt-t<R>                STTABT from dense-e1: ApproxNet distillation 0.5 epoch + masking 1 epoch (budget R on
 #                              layers 1-5; the recipe's other defaults)
 set -euo pipefail
@@ -35,6 +36,8 @@ cmd() {
     tkd-t*) echo "--method transkimmer --model $OUT/dense-e1 --num-train-epochs 1 $BUDGET --gumbel-noise false --target-keep-ratio ${1#tkd-t}" ;;
     tkdkd-t*) echo "$(cmd tkd-t${1#tkdkd-t}) --distill-from $OUT/dense-e1" ;;
     ltpkd-t*) echo "$(cmd ltp-t${1#ltpkd-t}) --distill-from $OUT/dense-e1" ;;
+    ltpr-t*) echo "$(cmd ltp-t${1#ltpr-t}) --threshold-space log-relative --selector-learning-rate 1e-2" ;;
+    mpr-t*) echo "$(cmd mp-t${1#mpr-t}) --threshold-space log-relative --selector-learning-rate 1e-2" ;;
     ltp-t*) echo "--method ltp --model $MINILM --finetuned $OUT/dense-e1 --stage-epochs 1,0.5,0.5 $BUDGET --target-keep-ratio ${1#ltp-t}" ;;
     mp-t*) echo "--method magic-pyramid --model $MINILM --finetuned $OUT/dense-e1 --stage-epochs 1,0.5,0.5,0.5
                  --stage-learning-rates 5e-5,5e-5,5e-5,5e-4 $BUDGET --target-keep-ratio ${1#mp-t}" ;;
