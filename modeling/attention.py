@@ -31,8 +31,6 @@ def varlen_attention(q, k, v, cu_seqlens, lengths, dropout_p: float = 0.0):
         n, heads = len(lengths), q.shape[1]
         q, k, v = (x.view(n, lengths[0], heads, -1).transpose(1, 2) for x in (q, k, v))
         return _attend(q, k, v, dropout_p).transpose(1, 2).flatten(0, 1)
-    if q.dtype == torch.float32 and dropout_p == 0.0:
-        return bucketed_attention(q, k, v, lengths)
     if max(lengths) <= SHORT_SEQUENCE and dropout_p == 0.0:
         return padded_attention(q, k, v, cu_seqlens, lengths)
     # One call per sequence: faster on CPU than block-diagonal masks, nested tensors or padding to the longest.
@@ -60,49 +58,6 @@ def _attend(q, k, v, dropout_p: float = 0.0):
 # sequence on CPU: the padding costs less than the calls (heavily skimmed late layers keep a few tokens per
 # sequence). results/short_attention/attention_bench.py: about 2x faster at 4-8 tokens and at 16, slower at 64.
 SHORT_SEQUENCE = 16
-# Above it, float32 on CPU pads sequences of similar lengths together: a bucket takes sequences down to this share
-# of its longest (results/short_attention/attention_bench.py, ragged batches).
-BUCKET_FILL = 0.75
-
-
-def length_buckets(lengths: list) -> list:
-    """Sequence indices grouped for padded calls, longest first: a bucket takes the next sequence while it is at least
-    `BUCKET_FILL` of the bucket's longest, or while that longest is at most `SHORT_SEQUENCE` tokens."""
-    buckets = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if buckets and (lengths[i] >= BUCKET_FILL * lengths[buckets[-1][0]]
-                        or lengths[buckets[-1][0]] <= SHORT_SEQUENCE):
-            buckets[-1].append(i)
-        else:
-            buckets.append([i])
-    return buckets
-
-
-def bucketed_attention(q, k, v, lengths, need_received: bool = False):
-    """Attention of ragged sequences on CPU, one padded call per bucket of similar lengths (`length_buckets`) and a
-    plain call for a bucket of one: `[total, heads, head_dim]` in and out (and received `[total]` float32, as
-    `varlen_attention_with_received` computes it). Fewer kernel calls than one per sequence, little padding."""
-    starts = [0]
-    for n in lengths[:-1]:
-        starts.append(starts[-1] + n)
-    ctx = torch.empty_like(q)
-    received = q.new_empty(q.shape[0], dtype=torch.float32) if need_received else None
-    for bucket in length_buckets(lengths):
-        if len(bucket) == 1:
-            rows = slice(starts[bucket[0]], starts[bucket[0]] + lengths[bucket[0]])
-            if need_received:
-                probs, c = next(_sequence_attention(q[rows], k[rows], v[rows], [lengths[bucket[0]]]))
-                ctx[rows], received[rows] = c.transpose(0, 1), probs.mean(dim=(0, 1))
-            else:
-                ctx[rows] = _attend(_bhsd(q[rows]), _bhsd(k[rows]), _bhsd(v[rows]))[0].transpose(0, 1)
-            continue
-        lens = torch.tensor([lengths[i] for i in bucket])
-        c, probs, layout = _padded(q, k, v, torch.tensor([starts[i] for i in bucket]), lens, lengths[bucket[0]],
-                                   int(lens.sum()), need_probs=need_received)
-        ctx.index_copy_(0, layout.ids, c)
-        if need_received:
-            received.index_copy_(0, layout.ids, _received(probs, layout))
-    return (ctx, received) if need_received else ctx
 
 
 def padded_attention(q, k, v, cu_seqlens, lengths, need_received: bool = False):
@@ -117,45 +72,25 @@ def padded_attention(q, k, v, cu_seqlens, lengths, need_received: bool = False):
     SDPA is the per-sequence path's kernel, and its masked keys add exact zeros: batch and alone agree exactly
     (tests/test_transformers_compat.py), and it still beats one call per sequence below `SHORT_SEQUENCE`.
     """
-    cu = cu_seqlens.long()
-    ctx, probs, layout = _padded(q, k, v, cu[:-1], cu[1:] - cu[:-1], max(lengths), q.shape[0],
-                                 need_probs=need_received)
-    return (ctx, _received(probs, layout)) if need_received else ctx
+    ctx, probs, layout = _padded(q, k, v, cu_seqlens, lengths, need_probs=need_received)
+    if not need_received:
+        return ctx
+    real, lens, slot = layout
+    queries = real[:, None, :, None].to(probs.dtype)  # padded query rows do not count
+    received = (probs * queries).sum((1, 2)) / (lens[:, None] * probs.shape[1])  # [n, longest]
+    return ctx, received.flatten().index_select(0, slot)
 
 
-@dataclass
-class PaddedLayout:
-    """Where the rows of some sequences of a packed batch sit in their padded batch `[n, longest]`.
-
-    real: `[n, longest]` bool; lens: `[n]` long; slot: `[count]` each row's padded slot (flat index);
-    ids: `[count]` each row's packed row: the sequences' rows in order, sequence after sequence.
-    """
-
-    real: torch.Tensor
-    lens: torch.Tensor
-    slot: torch.Tensor
-    ids: torch.Tensor
-
-
-def _received(probs, layout: PaddedLayout):
-    """Attention each row receives `[count]` float32 from padded probabilities `[n, heads, longest, longest]`:
-    mean over heads and over its sequence's real query rows."""
-    queries = layout.real[:, None, :, None].to(probs.dtype)  # padded query rows do not count
-    received = (probs * queries).sum((1, 2)) / (layout.lens[:, None] * probs.shape[1])  # [n, longest]
-    return received.flatten().index_select(0, layout.slot)
-
-
-def _padded(q, k, v, starts, lens, longest: int, count: int, need_probs: bool):
-    """The padded batch computation of some sequences of a packed batch, given by their first rows `starts` `[n]`
-    and lengths `lens` `[n]` (long), `longest` their longest and `count` their rows (host ints, so nothing is read
-    back from the device). Returns context `[count, heads, head_dim]` (rows in `layout.ids` order), probabilities
+def _padded(q, k, v, cu_seqlens, lengths, need_probs: bool):
+    """The padded batch computation behind `padded_attention`: context `[total, heads, head_dim]`, probabilities
     `[n, heads, longest, longest]` float32 (None unless float32 or `need_probs`; zero on padded keys) and the
-    `PaddedLayout`."""
-    device = q.device
-    starts, lens = starts.to(device), lens.to(device)
-    pos = torch.arange(longest, device=device)
+    layout `(real [n, longest] bool, lens [n], slot [total] each row's padded slot)`."""
+    longest, total = max(lengths), q.shape[0]
+    cu = cu_seqlens.long()
+    lens = cu[1:] - cu[:-1]
+    pos = torch.arange(longest, device=q.device)
     real = pos < lens[:, None]  # [n, longest]
-    rows = (starts[:, None] + pos).clamp(max=q.shape[0] - 1)  # padded slots read any real row
+    rows = (cu[:-1, None] + pos).clamp(max=total - 1)  # padded slots read any real row
     # [n, heads, longest, head_dim]; index_select is ~10x faster than x[rows] on CPU, and batched matmuls of
     # contiguous operands up to 10x faster than of transposed views
     qp, kp, vp = (x.index_select(0, rows.flatten()).unflatten(0, rows.shape).transpose(1, 2).contiguous()
@@ -168,10 +103,9 @@ def _padded(q, k, v, starts, lens, longest: int, count: int, need_probs: bool):
         probs = scores.masked_fill(~real[:, None, None, :], float("-inf")).softmax(-1)
         out = torch.matmul(probs.to(vp.dtype), vp)
     out = out.transpose(1, 2).flatten(0, 1)  # [n * longest, heads, head_dim]
-    row_seq = row_to_sequence(lens, count)
-    offset = torch.arange(count, device=device) - (lens.cumsum(0) - lens)[row_seq]  # position in its sequence
-    layout = PaddedLayout(real, lens, slot=row_seq * longest + offset, ids=starts[row_seq] + offset)
-    return out.index_select(0, layout.slot), probs, layout
+    row_seq = row_to_sequence(lens, total)
+    slot = row_seq * longest + torch.arange(total, device=q.device) - cu[row_seq]  # each row's padded slot
+    return out.index_select(0, slot), probs, (real, lens, slot)
 
 
 def _bhsd(x):
@@ -188,12 +122,10 @@ def varlen_attention_with_received(q, k, v, cu_seqlens, lengths):
     Returns:
         context `[total, heads, head_dim]`, received `[total]` float32.
     """
-    # no loop over sequences on CUDA; buckets of similar lengths for float32 on CPU (half precision keeps the
-    # per-sequence matmuls, whose rounding does not depend on the rest of the batch)
-    if q.is_cuda:
+    # one batched call, no loop over sequences: on CUDA, and for short float32 sequences on CPU (half precision
+    # keeps the per-sequence matmuls, whose rounding does not depend on the rest of the batch)
+    if q.is_cuda or (max(lengths) <= SHORT_SEQUENCE and q.dtype == torch.float32):
         return padded_attention(q, k, v, cu_seqlens, lengths, need_received=True)
-    if q.dtype == torch.float32:
-        return bucketed_attention(q, k, v, lengths, need_received=True)
     ctx, received = [], []
     for probs, c in _sequence_attention(q, k, v, lengths):
         ctx.append(c)
@@ -299,9 +231,7 @@ def varlen_attention_with_blocks(q, k, v, lengths, size, rank, sequence_ids):
     """
     cu_seqlens = lengths_to_cu(torch.as_tensor(lengths, device=q.device))
     if q.is_cuda:  # one padded batched call, no loop over sequences
-        cu = cu_seqlens.long()
-        ctx, probs, layout = _padded(q, k, v, cu[:-1], cu[1:] - cu[:-1], max(lengths), q.shape[0], need_probs=True)
-        real = layout.real
+        ctx, probs, (real, _, _) = _padded(q, k, v, cu_seqlens, lengths, need_probs=True)
         probs = probs * real[:, None, :, None]  # padded query rows: zeros, as a short last block's missing rows
         grid = diagonal_blocks(probs, size)  # [n, blocks of the longest, heads, size, size]
         is_block = torch.arange(grid.shape[1], device=q.device) < (real.sum(1, keepdim=True) + size - 1) // size

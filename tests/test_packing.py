@@ -100,29 +100,6 @@ def test_padded_attention_received_matches_the_per_sequence_path():
     torch.testing.assert_close(received, want_received, atol=1e-6, rtol=1e-5)
 
 
-def test_bucketed_attention_matches_one_call_per_sequence():
-    """CPU float32 pads sequences of similar lengths together: context and received attention equal the
-    per-sequence computation, whatever buckets the lengths fall into (one sequence alone, short ones together)."""
-    from tokenskim.modeling.attention import _sequence_attention, bucketed_attention, length_buckets
-
-    lengths = [40, 3, 31, 38, 17, 1, 9, 29, 40, 22, 5]
-    buckets = length_buckets(lengths)
-    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
-    assert any(len(b) == 1 for b in buckets) and any(len(b) > 2 for b in buckets)
-    for b in buckets:
-        longest = lengths[b[0]]
-        assert all(lengths[i] <= longest and (lengths[i] >= 0.75 * longest or longest <= 16) for i in b)
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(sum(lengths), 2, 8, generator=g) for _ in range(3))
-    ctx, received = bucketed_attention(q, k, v, lengths, need_received=True)
-    pairs = list(_sequence_attention(q, k, v, lengths))
-    want_ctx = torch.cat([c for _, c in pairs], dim=1).transpose(0, 1)
-    want_received = torch.cat([p.mean(dim=(0, 1)) for p, _ in pairs])
-    torch.testing.assert_close(ctx, want_ctx, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(received, want_received, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(bucketed_attention(q, k, v, lengths), want_ctx, atol=1e-5, rtol=1e-5)
-
-
 def test_attention_blocks_batched_path_equals_the_per_sequence_loop(monkeypatch):
     """The CUDA path (one padded batched call) gives the per-sequence loop's context and blocks; run here on CPU by
     making the tensors claim to be on CUDA for the dispatch only."""

@@ -3,9 +3,7 @@
 1. one sequence (12 heads of 32, as MiniLM-L6; and of 64, as BERT-base) by length: SDPA against plain matmuls and
    softmax (`attention._attend`'s two kernels) -> `MATMUL_ATTENTION_MAX`;
 2. 32 ragged sequences (lengths drawn from longest/3 to longest) by the length of the longest: one call per sequence
-   (SDPA, and the kernel `_attend` picks) against one padded batched call (`padded_attention`) -> `SHORT_SEQUENCE`;
-3. the same ragged batches, one call per sequence against padded calls per bucket of similar lengths
-   (`bucketed_attention`) at several bucket fills -> `BUCKET_FILL`.
+   (SDPA, and the kernel `_attend` picks) against one padded batched call (`padded_attention`) -> `SHORT_SEQUENCE`.
 
     python results/short_attention/attention_bench.py
 """
@@ -57,15 +55,3 @@ with torch.inference_mode():
         print(f"  longest {longest:3d}: per sequence SDPA {t(per_sequence, F.scaled_dot_product_attention, q, k, v, lengths):7.0f}"
               f"   per sequence _attend {t(per_sequence, A._attend, q, k, v, lengths):7.0f}"
               f"   padded {t(A.padded_attention, q, k, v, cu, lengths):7.0f}", flush=True)
-    print("32 ragged sequences: per sequence vs buckets of similar lengths, by BUCKET_FILL (us)")
-    fills = (0.5, 0.6, 0.75, 0.9)
-    for longest in (16, 24, 32, 48, 64, 128, 256):
-        g = torch.Generator().manual_seed(0)
-        lengths = torch.randint(max(1, longest // 3), longest + 1, (32,), generator=g).tolist()
-        lengths[0] = longest
-        q, k, v = (torch.randn(sum(lengths), 12, 32) for _ in range(3))
-        row = f"  longest {longest:3d}: per sequence {t(per_sequence, A._attend, q, k, v, lengths, r=30):7.0f}"
-        for fill in fills:
-            A.BUCKET_FILL = fill
-            row += f"   fill {fill}: {t(A.bucketed_attention, q, k, v, lengths, r=30):7.0f}"
-        print(row, flush=True)
