@@ -115,13 +115,14 @@ def sst2_full() -> str:
 
 IMDB_RUNS = {
     "dense-e1": "dense-e1 (1 epoch)",
+    "densec-e2": "densec-e2 (dense-e1 + 1 dense epoch)",
     "tkd-t0.3": "Transkimmer, budget 0.3",
     "tkd-t0.3-k0.571": "the same, keep_threshold 0.571 (the knob's 3x point)",
 }
 
 
 def imdb_512() -> str:
-    return budget_experiment("imdb_512", IMDB_RUNS, "dense-e1", "dense-e1", ("calibration", "tkd-t0.3.json"))
+    return budget_experiment("imdb_512", IMDB_RUNS, "densec-e2", "dense 2 ep.", ("calibration", "tkd-t0.3.json"))
 
 
 # ----------------------------------------------------------------------------------------------------
