@@ -96,6 +96,19 @@ def test_budget_loss_is_per_sequence_and_never_asks_below_the_floor():
     torch.testing.assert_close(budget_loss(half, real, 0.3, min_kept=0), torch.tensor((0.2 + 0.7) / 2))
 
 
+def test_budget_loss_counts_what_inference_keeps_with_the_soft_gradient():
+    """A soft mask of 0.6 counts as a kept token and 0.4 as a dropped one (inference's decisions), while the
+    gradient is the soft masks' own (straight-through)."""
+    from tokenskim.modeling.selector import budget_loss
+
+    real = torch.ones(1, 4, dtype=torch.bool)
+    soft = torch.tensor([[1.0, 0.6, 0.6, 0.4]], requires_grad=True)
+    loss = budget_loss([soft], real, 0.5)
+    torch.testing.assert_close(loss, torch.tensor(0.25))  # 3 of 4 kept at inference: |0.75 - 0.5|
+    loss.backward()
+    torch.testing.assert_close(soft.grad, torch.full((1, 4), 0.25))  # d|r - t|/dm = sign / n, for every token
+
+
 def test_masked_attention_gradient_is_bounded_when_kept_keys_hold_little_attention():
     """The training path's renormalisation keeps its exact value, and its gradient with respect to the keep mask
     is exact while the kept keys hold at least the floor of a query's attention and bounded below it (the exact

@@ -183,15 +183,17 @@ def test_bad_stage_is_an_error():
 def test_budget_loss_is_the_distance_to_the_target_times_the_layers():
     """With `target_keep_ratio`, the soft stage's loss is L * the mean over sequences of |kept ratio - target|,
     pulling down when above the target and up when below."""
-    # a soft gate (T = 0.05) and no floor, so every token's gate carries a gradient
-    model = pruning_model(target_keep_ratio=0.5, temperature=0.05, min_kept_tokens=1).train()
+    # a soft gate (T = 0.05) and no floor, so every token's gate carries a gradient; thresholds that drop some tokens
+    # of every sequence
+    model = pruning_model(final_threshold=0.5, target_keep_ratio=0.5, temperature=0.05, min_kept_tokens=1).train()
     batch = mixed_batch([9, 4, 6], seq=12)
     out = model(**batch)
     real = batch["attention_mask"].bool()
     # the loss uses the soft masks, which the encoder returns
     hidden = model.bert.embeddings(input_ids=batch["input_ids"])
     masks = model.bert.encoder(hidden, real, model.bert.selector).masks
-    ratios = [float(sum((m[b] * real[b]).sum() for m in masks).detach() / (real[b].sum() * len(masks))) for b in range(3)]
+    # the ratio counts what inference keeps (mask > 0.5)
+    ratios = [float(sum(((m[b] > 0.5) * real[b]).sum() for m in masks) / (real[b].sum() * len(masks))) for b in range(3)]
     want = 3 * sum(abs(r - 0.5) for r in ratios) / 3  # per sequence, then the mean; the floor (1 token) is below 0.5
     torch.testing.assert_close(out.skim_loss.item(), want, rtol=1e-5, atol=1e-6)
     for target, sign in ((0.01, 1.0), (0.999, -1.0)):  # above the target it pushes down, below it pulls up
