@@ -249,10 +249,15 @@ def test_calibrate_writes_the_chosen_threshold_and_its_curve(trained, tmp_path):
     shutil.copytree(trained, folder)
     argv = ["--model", str(folder), *SST2, "--target-flops", "1.3", "--calibration-split", "validation",
             "--max-calibration-samples", "24", "--batch-size", "8"]
-    assert command("calibrate", argv) == 0
+    # the guard: a chosen value that must score 1.0 above the trained one is refused, and the config stays
+    config = (folder / "config.json").read_text()
+    assert command("calibrate", argv + ["--max-metric-drop", "-1"]) == 1
+    assert (folder / "config.json").read_text() == config
+    assert command("calibrate", argv + ["--max-metric-drop", "1"]) == 0
     record = json.loads((folder / "calibration.json").read_text())
     chosen = record["chosen"]
     assert record["knob"] == "keep_threshold" and chosen is not None
+    assert 0.0 <= record["trained_metric"] <= 1.0
     assert json.loads((folder / "config.json").read_text())["keep_threshold"] == chosen
     at = {p["keep_threshold"]: p for p in record["points"]}
     assert at[chosen]["flops_ratio"] >= 1.3

@@ -106,6 +106,9 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--dry-run", action="store_true", help="search and plot, but leave config.json as it is")
+    parser.add_argument("--max-metric-drop", type=float, default=0.05,
+                        help="leave config.json as it is when the chosen value scores more than this below the "
+                             "trained value on the calibration rows (metric units: 0.05 = 5 points; default 0.05)")
 
 
 def run(args):
@@ -136,16 +139,24 @@ def run(args):
         return results
 
     print(f"calibrating {knob} of {folder} on {rows.num_rows} {args.calibration_split} rows for FLOPs ratio >= {args.target_flops}")
+    trained_metric = evaluate(trained_value)[metric]
     chosen, points = search(evaluate, knob, args.target_flops)
     record = {
-        "knob": knob, "trained_value": trained_value, "chosen": chosen, "target_flops": args.target_flops,
-        "split": args.calibration_split, "rows": rows.num_rows, "metric": metric,
+        "knob": knob, "trained_value": trained_value, "trained_metric": trained_metric, "chosen": chosen,
+        "target_flops": args.target_flops, "split": args.calibration_split, "rows": rows.num_rows, "metric": metric,
         "points": [{knob: value, **results} for value, results in points],
     }
     (folder / CALIBRATION_FILE).write_text(json.dumps(record, indent=2) + "\n")
     plot = calibration_plot(points, knob, chosen, metric, args.target_flops, folder / "calibration.png")
     if chosen is None:
         print(f"no {knob} in its range reaches FLOPs ratio {args.target_flops}; config.json left as it is ({plot})")
+        return 1
+    drop = trained_metric - dict(points)[chosen][metric]
+    print(f"{knob} = {chosen:g}: {metric} {dict(points)[chosen][metric]:.4f}, {drop:+.4f} below the trained value "
+          f"{trained_value:g} ({trained_metric:.4f})")
+    if drop > args.max_metric_drop:
+        print(f"that is more than --max-metric-drop {args.max_metric_drop:g}: config.json left as it is ({plot}); "
+              f"this model cannot reach {args.target_flops}x with {knob} alone, retrain with a smaller budget")
         return 1
     if not args.dry_run:  # only the knob changes: edit the file rather than re-serialise the config
         path = folder / "config.json"
