@@ -60,6 +60,8 @@ class LTPFields:
     skim_enabled: False runs the same engine with every token kept (no attention probabilities computed).
     threshold_space: "attention" (thresholds on received attention, the paper's) or "log-relative"
         (thresholds on the log of received attention times the sequence's kept tokens); module docstring.
+        The field's default is the paper's, so older configs without it read as they were trained;
+        `tokenskim train` gives new models "log-relative" (its recipe default).
     final_threshold: theta_L, the threshold of the last layer; layer l (0-based) uses theta_L * l / L
         plus its learned offset. None: 0.01 for "attention" (the paper searches 0.01..0.08), 1.0 for
         "log-relative" (the last layer starts by pruning tokens that receive less than the average).
@@ -142,6 +144,12 @@ class LTPSelector(TokenSelector):
         if space not in THRESHOLD_SPACES:
             raise ValueError(f"threshold_space must be one of {tuple(THRESHOLD_SPACES)}, got {space!r}")
         return space
+
+    @property
+    def default_learning_rate(self):
+        """1e-2 for offsets in log units (log-relative: SST-2 and AG News runs in the README); in the attention
+        space None (the model's learning rate), whose scale is 1/n."""
+        return 1e-2 if self.space == "log-relative" else None
 
     @property
     def final_threshold(self) -> float:

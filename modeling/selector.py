@@ -42,6 +42,7 @@ class TokenSelector(nn.Module):
 
     loss_weight = 0.0
     min_kept_tokens = 0
+    default_learning_rate = None  # the selector's own learning rate when training names none (None: the model's)
 
     def gate(self, layer_idx: int, score: torch.Tensor) -> torch.Tensor:
         """Training: the gate in [0, 1] for a keep score `[...]`. The default is the hard decision, no gradient."""

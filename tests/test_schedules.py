@@ -3,6 +3,7 @@ should and is saved in its own folder, the evaluation split is the one asked for
 and redoes only unfinished ones."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -74,6 +75,26 @@ def test_every_method_trains_end_to_end(tiny_dir, tmp_path, method):
     out = tmp_path / method
     assert train(tiny_dir, out, method) == 0
     check_run(out, method)
+
+
+def test_ltp_recipe_learns_log_relative_thresholds_at_their_own_rate(tiny_dir, tmp_path, monkeypatch):
+    """New LTP models train their thresholds in the log-relative space, at 1e-2 in the soft-pruning stage (the only
+    one that trains them); the paper's space keeps the model's learning rate unless --selector-learning-rate says."""
+    rates = {}
+    original = SkimTrainer.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        rates[Path(self.args.output_dir).name] = self.selector_learning_rate
+
+    monkeypatch.setattr(SkimTrainer, "__init__", recording)
+    out = tmp_path / "ltp"
+    assert train(tiny_dir, out, "ltp") == 0
+    assert json.loads((out / "config.json").read_text())["threshold_space"] == "log-relative"
+    assert rates == {"stage-1-finetune": None, "stage-2-soft-pruning": 1e-2, "stage-3-hard-pruning": None}
+    rates.clear()
+    assert train(tiny_dir, tmp_path / "paper", "ltp", "--threshold-space", "attention") == 0
+    assert rates["stage-2-soft-pruning"] is None
 
 
 def test_magic_pyramid_stages_train_what_they_should_and_a_rerun_resumes(tiny_dir, tmp_path, monkeypatch):

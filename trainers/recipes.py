@@ -89,6 +89,7 @@ RECIPES = {
          QUESTION_ANSWERING: (LTPBertForQuestionAnswering, LTPRobertaForQuestionAnswering)},
         (stages.FINETUNE, stages.SOFT_PRUNING, stages.HARD_PRUNING),
         LTP_FIELDS,
+        defaults={"threshold_space": "log-relative"},
     ),
     "early-exit": Recipe(
         "confident sequences leave after any layer (FastBERT-style exit heads, self-distilled)",
@@ -101,6 +102,7 @@ RECIPES = {
         {SEQUENCE_CLASSIFICATION: (MagicPyramidBertForSequenceClassification, MagicPyramidRobertaForSequenceClassification)},
         (stages.FINETUNE, stages.SOFT_PRUNING, stages.HARD_PRUNING, stages.EXIT_HEADS),
         LTP_FIELDS + EXIT_FIELDS,
+        defaults={"threshold_space": "log-relative"},
     ),
     "block-skim": Recipe(
         "extractive QA: a small CNN over attention skips 32-token context blocks (Block-Skim, Guan et al., AAAI 2022)",

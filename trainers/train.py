@@ -42,7 +42,7 @@ from .errors import UsageError
 from .evaluate import add_data_arguments, task_inputs, tokenizer_limit
 from .records import format_results, results_record, strip_prefix
 from .stages import prepare_stage
-from .trainer import SkimTrainer
+from .trainer import SkimTrainer, selector_of
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +208,12 @@ def stage_training_args(training_args, folder, epochs, learning_rate) -> Trainin
     return dataclasses.replace(training_args, **changes)
 
 
+def selector_default_learning_rate(model):
+    """The learning rate the model's token selector asks for when the command line names none, or None."""
+    selector = selector_of(model)
+    return getattr(selector, "default_learning_rate", None) if selector is not None else None
+
+
 def train_stage(model, tokenizer, inputs: dict, training_args, *, num_examples: int, selector_learning_rate=None,
                 skim_warmup_steps: int = 0, resume_from_checkpoint=None, distillation: dict | None = None):
     """Trains and evaluates a model set up for its stage; returns `(trainer, results)` with results keyed
@@ -301,7 +307,8 @@ def train_recipe(
         model = recipes.load_model(method, str(previous), values, head=spec.head, **task_config(spec))
         prepare_stage(model, stage, {"exit_head_init": exit_head_init})
         args = stage_training_args(training_args, folder, epochs[index - 1], rates[index - 1])
-        selector_lr = selector_learning_rate if selector_learning_rate is not None else stage.selector_learning_rate
+        selector_lr = next((lr for lr in (selector_learning_rate, stage.selector_learning_rate,
+                                          selector_default_learning_rate(model)) if lr is not None), None)
         selector_lr = selector_lr if stage.tunes_selector else None
         resume = resume_from_checkpoint or (get_last_checkpoint(str(folder)) if folder.is_dir() else None)
         resume_from_checkpoint = None  # an explicit checkpoint belongs to the first stage that trains
