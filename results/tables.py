@@ -90,6 +90,12 @@ FULL_RUNS = {
     "ltp-t0.4": "LTP, budget 0.4",
     "ltp-t0.3": "LTP, budget 0.3",
     "ltp-t0.2": "LTP, budget 0.2",
+    "ltpr-t0.6": "LTP log-relative, budget 0.6",
+    "ltpr-t0.5": "LTP log-relative, budget 0.5",
+    "ltpr-t0.4": "LTP log-relative, budget 0.4",
+    "ltpr-t0.4-s43": "LTP log-relative, budget 0.4, seed 43",
+    "ltpr-t0.3": "LTP log-relative, budget 0.3",
+    "ltpr-t0.5-soft": "LTP log-relative, budget 0.5, budget on soft masks",
 }
 
 
@@ -132,12 +138,14 @@ AG_NEWS_RUNS = {
     "dense-e1": "dense-e1 (1 epoch)",
     "mp-t0.25": "Magic Pyramid, budget 0.25, thresholds at lr 1e-3",
     "mp-t0.25-slr1e-4": "Magic Pyramid, budget 0.25, thresholds at lr 1e-4",
+    "mpr-t0.25": "Magic Pyramid, budget 0.25, log-relative thresholds at lr 1e-2",
 }
 
 
 def ag_news_pyramid() -> str:
     return budget_experiment("ag_news_pyramid", AG_NEWS_RUNS, "dense-e1", "dense-e1",
-                             ("calibration_threshold_scale_mp-t0.25.json",))
+                             ("calibration_threshold_scale_mp-t0.25.json",),
+                             ("calibration_exit_threshold_mpr-t0.25.json",))
 
 
 # ----------------------------------------------------------------------------------------------------
