@@ -65,8 +65,8 @@ class Recipe:
 
 TRANSKIMMER_FIELDS = ("skim_coefficient", "target_keep_ratio", "min_kept_tokens", "keep_threshold", "gumbel_tau",
                       "gumbel_noise", "skim_enabled", "skim_bias_init")
-LTP_FIELDS = ("threshold_space", "final_threshold", "temperature", "skim_coefficient", "target_keep_ratio", "min_kept_tokens",
-              "threshold_scale")
+LTP_FIELDS = ("threshold_space", "final_threshold", "temperature", "skim_coefficient", "target_keep_ratio",
+              "min_kept_tokens", "threshold_scale")
 EXIT_FIELDS = ("exit_threshold", "exit_criterion", "exit_patience")
 
 RECIPES = {

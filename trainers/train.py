@@ -208,12 +208,6 @@ def stage_training_args(training_args, folder, epochs, learning_rate) -> Trainin
     return dataclasses.replace(training_args, **changes)
 
 
-def selector_default_learning_rate(model):
-    """The learning rate the model's token selector asks for when the command line names none, or None."""
-    selector = selector_of(model)
-    return getattr(selector, "default_learning_rate", None) if selector is not None else None
-
-
 def train_stage(model, tokenizer, inputs: dict, training_args, *, num_examples: int, selector_learning_rate=None,
                 skim_warmup_steps: int = 0, resume_from_checkpoint=None, distillation: dict | None = None):
     """Trains and evaluates a model set up for its stage; returns `(trainer, results)` with results keyed
@@ -307,8 +301,10 @@ def train_recipe(
         model = recipes.load_model(method, str(previous), values, head=spec.head, **task_config(spec))
         prepare_stage(model, stage, {"exit_head_init": exit_head_init})
         args = stage_training_args(training_args, folder, epochs[index - 1], rates[index - 1])
+        # the flag, else the stage's, else what the selector asks for (LTP's log-relative thresholds: 1e-2)
         selector_lr = next((lr for lr in (selector_learning_rate, stage.selector_learning_rate,
-                                          selector_default_learning_rate(model)) if lr is not None), None)
+                                          getattr(selector_of(model), "default_learning_rate", None))
+                            if lr is not None), None)
         selector_lr = selector_lr if stage.tunes_selector else None
         resume = resume_from_checkpoint or (get_last_checkpoint(str(folder)) if folder.is_dir() else None)
         resume_from_checkpoint = None  # an explicit checkpoint belongs to the first stage that trains
