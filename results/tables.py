@@ -140,6 +140,7 @@ AG_NEWS_RUNS = {
     "mp-t0.25-slr1e-4": "Magic Pyramid, budget 0.25, thresholds at lr 1e-4",
     "mpr-t0.25": "Magic Pyramid, budget 0.25, log-relative thresholds at lr 1e-2",
     "mpr-t0.25-slr5e-2": "Magic Pyramid, budget 0.25, log-relative thresholds at lr 5e-2",
+    "mpr-t0.25-ft3": "Magic Pyramid, budget 0.25, log-relative thresholds at lr 1e-2, final_threshold 3",
 }
 
 
