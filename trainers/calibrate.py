@@ -151,8 +151,9 @@ def run(args):
     if chosen is None:
         print(f"no {knob} in its range reaches FLOPs ratio {args.target_flops}; config.json left as it is ({plot})")
         return 1
-    drop = trained_metric - dict(points)[chosen][metric]
-    print(f"{knob} = {chosen:g}: {metric} {dict(points)[chosen][metric]:.4f}, {drop:+.4f} below the trained value "
+    chosen_metric = dict(points)[chosen][metric]
+    drop = trained_metric - chosen_metric
+    print(f"{knob} = {chosen:g}: {metric} {chosen_metric:.4f}, {drop:+.4f} below the trained value "
           f"{trained_value:g} ({trained_metric:.4f})")
     if drop > args.max_metric_drop:
         print(f"that is more than --max-metric-drop {args.max_metric_drop:g}: config.json left as it is ({plot}); "

@@ -148,7 +148,8 @@ HYPERPARAMETERS = {
     "skim_enabled": (parse_bool, "false runs the engine with every token kept"),
     "skim_bias_init": (float, "Transkimmer: new predictors start with keep/skip logits +/- this (default 5: keep all)"),
     "threshold_space": (str, "LTP: what thresholds compare: attention (received attention, the paper's) or "
-                             "log-relative (log of received attention times the sequence's kept tokens)"),
+                             "log-relative (log of received attention times the sequence's kept tokens; the default "
+                             "for models this command starts)"),
     "final_threshold": (float, "LTP: threshold theta_L of the last layer (layer l uses theta_L * l / L + a learned offset; "
                                "default 0.01 for attention, 1.0 for log-relative)"),
     "temperature": (float, "LTP: temperature T of the soft-pruning gate sigmoid((s - theta) / T) "
