@@ -230,6 +230,29 @@ def test_log_relative_thresholds_do_not_depend_on_length():
     assert ffn(threshold_space="log-relative", final_threshold=1.8) == [[30, 30, 1], [5, 5, 1]]
 
 
+def test_the_first_layer_prunes_and_learns_only_when_asked():
+    """The paper's layer 0 never prunes (threshold 0, -inf in log units: no gradient either); `prune_first_layer`
+    starts it at half of layer 1's base and lets the budget train it."""
+    lengths = [30, 5]
+    batch = mixed_batch(lengths)
+
+    def ffn(**kwargs):
+        with torch.no_grad():
+            return uniform_attention_model(min_kept_tokens=1, **kwargs)(**batch).ffn_tokens.tolist()
+
+    # three layers; layer 0's base: 6.6 / (2 * 3) = 1.1 times the average share under uniform attention, above every token's
+    assert ffn(threshold_space="log-relative", final_threshold=6.6) == [[30, 1, 1], [5, 1, 1]]
+    assert ffn(threshold_space="log-relative", final_threshold=6.6, prune_first_layer=True) == [[1, 1, 1], [1, 1, 1]]
+    # attention space: layer 0 at 0.25 / 6 = 0.042 prunes 1/30, keeps 1/5
+    assert ffn(final_threshold=0.25, prune_first_layer=True) == [[1, 1, 1], [5, 5, 5]]
+
+    for first, grad_expected in ((False, False), (True, True)):
+        model = pruning_model(threshold_space="log-relative", final_threshold=1.5, prune_first_layer=first,
+                              target_keep_ratio=0.3, min_kept_tokens=1).train()
+        model(**mixed_batch([12, 9, 14], seed=4)).skim_loss.backward()
+        assert (model.bert.selector.threshold_offsets.grad[0].abs() > 1e-4) == grad_expected
+
+
 def test_log_relative_scale_and_defaults():
     model = pruning_model(threshold_space="log-relative", final_threshold=None)
     selector = model.bert.selector

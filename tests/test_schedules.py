@@ -98,6 +98,14 @@ def test_ltp_recipe_learns_log_relative_thresholds_at_their_own_rate(tiny_dir, t
 
 
 def test_magic_pyramid_stages_train_what_they_should_and_a_rerun_resumes(tiny_dir, tmp_path, monkeypatch):
+    rates = {}
+    init = SkimTrainer.__init__
+
+    def recording(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        rates[Path(self.args.output_dir).name] = self.args.learning_rate
+
+    monkeypatch.setattr(SkimTrainer, "__init__", recording)
     out = tmp_path / "mp"
     assert train(tiny_dir, out, "magic-pyramid", "--final-threshold", "0.2", "--selector-learning-rate", "0.05") == 0
     check_run(out, "magic-pyramid")
@@ -106,6 +114,8 @@ def test_magic_pyramid_stages_train_what_they_should_and_a_rerun_resumes(tiny_di
         assert (out / name / "stage.json").is_file() and (out / name / "model.safetensors").is_file()
     summary = json.loads((out / "schedule.json").read_text())
     assert "mean_exit_layer" in summary["stages"][-1]
+    assert rates["stage-4-exit-heads"] == 5e-3  # the exit heads' own rate; the other stages take the command's
+    assert rates["stage-2-soft-pruning"] == rates["stage-3-hard-pruning"] != 5e-3
 
     config = json.loads((out / "config.json").read_text())
     assert config["pruning_stage"] == "hard" and config["exit_enabled"] and config["skim_enabled"]

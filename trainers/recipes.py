@@ -66,7 +66,7 @@ class Recipe:
 TRANSKIMMER_FIELDS = ("skim_coefficient", "target_keep_ratio", "min_kept_tokens", "keep_threshold", "gumbel_tau",
                       "gumbel_noise", "skim_enabled", "skim_bias_init")
 LTP_FIELDS = ("threshold_space", "final_threshold", "temperature", "skim_coefficient", "target_keep_ratio",
-              "min_kept_tokens", "threshold_scale")
+              "min_kept_tokens", "threshold_scale", "prune_first_layer")
 EXIT_FIELDS = ("exit_threshold", "exit_criterion", "exit_patience")
 
 RECIPES = {
@@ -152,6 +152,8 @@ HYPERPARAMETERS = {
                              "for models this command starts)"),
     "final_threshold": (float, "LTP: threshold theta_L of the last layer (layer l uses theta_L * l / L + a learned offset; "
                                "default 0.01 for attention, 1.0 for log-relative)"),
+    "prune_first_layer": (parse_bool, "LTP: true lets layer 0 prune too (its threshold starts at theta_L / 2L; the "
+                                      "paper's layer 0 never prunes)"),
     "temperature": (float, "LTP: temperature T of the soft-pruning gate sigmoid((s - theta) / T) "
                            "(default 1e-3 for attention, 0.25 for log-relative)"),
     "exit_threshold": (float, "early exit: tau, exit when normalized entropy <= tau (changeable at inference)"),

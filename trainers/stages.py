@@ -110,8 +110,12 @@ SOFT_PRUNING = Stage("soft-pruning", {"skim_enabled": True, "pruning_stage": "so
                      everything, epochs=1, tunes_selector=True, distills=True)
 HARD_PRUNING = Stage("hard-pruning", {"skim_enabled": True, "pruning_stage": "hard", "exit_enabled": False},
                      thresholds_frozen, epochs=2, distills=True)
-# skim_enabled switches exits too, and the finetune stage turned it off
-EXIT_HEADS = Stage("exit-heads", {"skim_enabled": True, "exit_enabled": True}, exit_heads_only, epochs=2)
+# skim_enabled switches exits too, and the finetune stage turned it off. The heads train alone at 5e-3: at 5e-4 for
+# half an epoch the heads after layers 0-3 of an AG News Magic Pyramid stayed near uniform (normalized entropy 0.998)
+# and no example left before the last layer; at 5e-3 for an epoch the heads after layers 2 and 3 agreed with the
+# final classifier on 84% and 96% of examples (results/ag_news_pyramid/README.md).
+EXIT_HEADS = Stage("exit-heads", {"skim_enabled": True, "exit_enabled": True}, exit_heads_only, epochs=2,
+                   learning_rate=5e-3)
 
 # One-stage methods: the command's --num-train-epochs and --learning-rate.
 DENSE_FINETUNE = Stage("finetune")
