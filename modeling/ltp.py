@@ -26,7 +26,8 @@ Stages (`config.pruning_stage`, training mode only; inference is always hard):
 - "soft": gate `sigmoid((s - theta_l) / T)`; the engine turns it into key weights and residual gating,
   and the loss adds `lambda * sum_l mean(M_l over real tokens)` so gradients reach the thresholds;
 - "hard": binary gate `s >= theta_l`, thresholds frozen (no gradient reaches them), the encoder is
-  fine-tuned under the pruning it will see at inference.
+  fine-tuned under the pruning it will see at inference (`threshold_scale` included: set it after the soft
+  stage, e.g. with `tokenskim calibrate`, and the hard stage adapts the encoder to it).
 
 Differences from the public reference code, on purpose:
 - received attention is averaged over real query rows, not over the padded length, so padding changes
@@ -74,8 +75,9 @@ class LTPFields:
     target_keep_ratio: None for that L1 term (pushed down without end); a number r in (0, 1] for the budget
         `lambda * L * mean over sequences |kept ratio - r|` (`engine.budget_loss`), which holds the ratio at r.
     min_kept_tokens: every sequence keeps at least this many tokens (CLS included) after every layer.
-    threshold_scale: inference prunes below `threshold_scale * theta_l`; raise it to prune more, lower it
-        to prune less, without retraining (`tokenskim calibrate` picks it).
+    threshold_scale: inference (and the hard-pruning stage, which trains under inference's decisions) prunes
+        below `threshold_scale * theta_l`; raise it to prune more, lower it to prune less, without retraining
+        (`tokenskim calibrate` picks it).
     pruning_stage: "soft" or "hard"; which gate training uses. Inference is always hard.
     prune_first_layer: False (the paper's): layer 0's threshold is 0 and it never prunes; True: it starts at
         theta_L / (2L) and is learned like the others (module docstring).
@@ -215,10 +217,9 @@ class LTPSelector(TokenSelector):
         """received `[...]` float32 (and tokens `[...]`, see `signal`) -> keep score `signal - theta` `[...]`
         (>= 0 keeps)."""
         signal = self.signal(received, tokens)
-        if hard:
+        if hard or self.stage == "hard":  # the hard stage trains under inference's thresholds, frozen
             return signal - self.inference_threshold(layer_idx)
-        theta = self.thresholds()[layer_idx]
-        return signal - (theta if self.stage == "soft" else theta.detach())  # hard stage: thresholds frozen
+        return signal - self.thresholds()[layer_idx]
 
     def gate(self, layer_idx, score):
         """Soft stage: sigmoid(score / T); hard stage: the binary decision, no gradient."""

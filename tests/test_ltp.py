@@ -81,11 +81,13 @@ def test_higher_threshold_prunes_more():
 SPACES = {"attention": {}, "log-relative": {"threshold_space": "log-relative", "final_threshold": 1.5}}
 
 
+@pytest.mark.parametrize("scale", [1.0, 1.7])
 @pytest.mark.parametrize("space", SPACES)
-def test_hard_stage_training_path_equals_packed_inference(space):
+def test_hard_stage_training_path_equals_packed_inference(space, scale):
     """Training with pruning_stage='hard' applies the same binary decisions as inference (masked keys
-    and residual gating vs physical removal), so the logits agree."""
-    model = pruning_model(pruning_stage="hard", **SPACES[space])
+    and residual gating vs physical removal), so the logits agree; a `threshold_scale` too (what calibrate
+    picked is what the hard stage fine-tunes under)."""
+    model = pruning_model(pruning_stage="hard", threshold_scale=scale, **SPACES[space])
     batch = mixed_batch([20, 7, 13, 3])
     with torch.no_grad():
         packed = model(**batch)
