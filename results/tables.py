@@ -141,13 +141,22 @@ AG_NEWS_RUNS = {
     "mpr-t0.25": "Magic Pyramid, budget 0.25, log-relative thresholds at lr 1e-2",
     "mpr-t0.25-slr5e-2": "Magic Pyramid, budget 0.25, log-relative thresholds at lr 5e-2",
     "mpr-t0.25-ft3": "Magic Pyramid, budget 0.25, log-relative thresholds at lr 1e-2, final_threshold 3",
+    "mpr-t0.25-ft3-exit5e-3": "the same, exit heads retrained 1 epoch at 5e-3",
+    "mpr-t0.25-pfl-ft3": "final_threshold 3, layer 0 may prune (prune_first_layer)",
+    "mpr-t0.25-pfl-ft6": "final_threshold 6, layer 0 may prune",
+    "mpr-t0.25-pfl-ft3-soft1-slr3e-2": "final_threshold 3, layer 0 may prune, soft stage 1 epoch, thresholds at 3e-2",
+    "mpr-t0.25-pfl-ft3-soft1-slr3e-2-exit5e-3": "the same, exit heads 1 epoch at 5e-3",
+    "mpr-t0.25-pfl-ft3-soft1-slr3e-2-scale1.9": "the same, hard stage and exit heads under threshold_scale 1.9",
 }
 
 
 def ag_news_pyramid() -> str:
     return budget_experiment("ag_news_pyramid", AG_NEWS_RUNS, "dense-e1", "dense-e1",
                              ("calibration_threshold_scale_mp-t0.25.json",),
-                             ("calibration_exit_threshold_mpr-t0.25.json",))
+                             ("calibration_exit_threshold_mpr-t0.25.json",),
+                             ("calibration_exit_threshold_mpr-t0.25-ft3-exit5e-3.json",),
+                             ("calibration_exit_threshold_mpr-t0.25-pfl-ft3-soft1-slr3e-2-exit5e-3.json",),
+                             ("calibration_threshold_scale_mpr-t0.25-pfl-ft3-soft1-slr3e-2-exit5e-3.json",))
 
 
 # ----------------------------------------------------------------------------------------------------
