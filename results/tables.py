@@ -340,6 +340,7 @@ EXPERIMENTS = {
     "budget_sst2_timed": lambda: timed("budget_sst2/bench"),
     "sst2_full_timed": lambda: timed("sst2_full/bench"),
     "imdb_512_timed": lambda: timed("imdb_512/bench"),
+    "ag_news_pyramid_timed": lambda: timed("ag_news_pyramid/bench"),
     "imdb_512_synthetic": lambda: timed("bench_imdb_cpu/synthetic_minilm"),
 }
 
