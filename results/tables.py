@@ -124,11 +124,13 @@ IMDB_RUNS = {
     "densec-e2": "densec-e2 (dense-e1 + 1 dense epoch)",
     "tkd-t0.3": "Transkimmer, budget 0.3",
     "tkd-t0.3-k0.571": "the same, keep_threshold 0.571 (the knob's 3x point)",
+    "ltpr-t0.25": "LTP log-relative, budget 0.25",
 }
 
 
 def imdb_512() -> str:
-    return budget_experiment("imdb_512", IMDB_RUNS, "densec-e2", "dense 2 ep.", ("calibration", "tkd-t0.3.json"))
+    return budget_experiment("imdb_512", IMDB_RUNS, "densec-e2", "dense 2 ep.", ("calibration", "tkd-t0.3.json"),
+                             ("calibration", "ltpr-t0.25.json"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -341,7 +343,7 @@ EXPERIMENTS = {
     "squad_qa": squad_qa,
     "budget_sst2_timed": lambda: timed("budget_sst2/bench"),
     "sst2_full_timed": lambda: timed("sst2_full/bench"),
-    "imdb_512_timed": lambda: timed("imdb_512/bench"),
+    "imdb_512_timed": lambda: "\n\n".join(timed(f"imdb_512/{folder}") for folder in ("bench", "bench_ltpr")),
     "ag_news_pyramid_timed": lambda: timed("ag_news_pyramid/bench"),
     "imdb_512_synthetic": lambda: timed("bench_imdb_cpu/synthetic_minilm"),
 }
