@@ -10,7 +10,8 @@ materialised only in layers that can prune). Layer l (0-based) prunes below
 with `offset_l` a learnable scalar that starts at 0, so layer 0 never prunes (as in the reference code). With
 `prune_first_layer`, layer 0 starts at half of layer 1's base, theta_L / (2L), and learns its offset like the
 others: on a 6-layer model the paper's schedule runs the first two layers' attention on every token, which holds
-the kept-token ratio above 1/3 whatever the thresholds (measured on AG News: a budget of 0.25 ended at 0.41).
+the kept-token ratio above 1/3 whatever the thresholds (on AG News 0.41 for a budget of 0.25, which counts each
+layer's tokens after its decision and was met).
 
 `threshold_space` says what the threshold is compared with:
 - "attention" (the paper's): s_j itself. Its scale is 1/n for n kept tokens, so one threshold prunes long
