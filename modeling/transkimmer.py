@@ -137,11 +137,10 @@ class TranskimmerSelector(TokenSelector):
         if not self.enabled:
             return None
         logits = self.predictors[layer_idx](hidden).float()
-        score = logits[..., KEEP] - logits[..., SKIP]
-        if hard:  # P(keep) >= p  <=>  keep - skip >= logit(p)
-            p = min(max(float(self.config.keep_threshold), 1e-6), 1 - 1e-6)
-            score = score - math.log(p / (1 - p))
-        return score
+        # P(keep) >= p  <=>  keep - skip >= logit(p); training shifts by the same amount, so deterministic
+        # decisions (gumbel_noise=False) are inference's at any keep_threshold
+        p = min(max(float(self.config.keep_threshold), 1e-6), 1 - 1e-6)
+        return logits[..., KEEP] - logits[..., SKIP] - math.log(p / (1 - p))
 
     def gate(self, layer_idx, score):
         """Gumbel-softmax straight-through over (skip, keep): the forward is a hard 0/1 sample, the

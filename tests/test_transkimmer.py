@@ -39,6 +39,21 @@ def test_packed_inference_equals_masked_path_with_hard_decisions():
     torch.testing.assert_close(masked, packed, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("keep_threshold", [0.5, 0.7])
+def test_deterministic_training_takes_inference_decisions_at_any_keep_threshold(keep_threshold):
+    """gumbel_noise=False trains on the decisions inference takes, keep_threshold included, so a threshold picked
+    by `tokenskim calibrate` is the one further training adapts the encoder to."""
+    model = skimming_model(gumbel_noise=False, keep_threshold=keep_threshold, min_kept_tokens=1)
+    batch = mixed_batch([20, 7, 13])
+    with torch.no_grad():
+        packed = model(**batch)
+        model.train()
+        masked = model(**batch)
+    assert torch.equal(masked.kept_tokens, packed.kept_tokens)
+    torch.testing.assert_close(masked.logits, packed.logits, atol=1e-5, rtol=0)
+    assert packed.kept_tokens.sum() < sum([20, 7, 13]) * 3  # the threshold drops tokens
+
+
 def _hard_gate(layer_idx, score):
     """Straight-through decision without Gumbel noise, to make training-mode decisions reproducible."""
     soft = torch.sigmoid(score)
