@@ -86,6 +86,7 @@ FULL_RUNS = {
     "tkd-t0.3": "Transkimmer, budget 0.3",
     "tkd-t0.2": "Transkimmer, budget 0.2",
     "tkdkd-t0.45": "Transkimmer, budget 0.45, distilling dense-e1",
+    "tkd-t0.45-k0.518-hard": "Transkimmer, budget 0.45, then 0.5 epoch at keep_threshold 0.518 with the predictors frozen",
     "ltp-t0.5": "LTP, budget 0.5",
     "ltp-t0.4": "LTP, budget 0.4",
     "ltp-t0.3": "LTP, budget 0.3",
@@ -113,7 +114,7 @@ def knob_sweep(*path) -> str:
 
 def sst2_full() -> str:
     return budget_experiment("sst2_full", FULL_RUNS, "densec-e2", "dense 2 ep.", ("calibration", "tkd-t0.45.json"),
-                             ("calibration", "ltp-t0.5.json"))
+                             ("calibration", "ltp-t0.5.json"), ("calibration", "tkd-t0.45-k0.518-hard.json"))
 
 
 # ----------------------------------------------------------------------------------------------------
