@@ -41,7 +41,8 @@ class TranskimmerBertConfig(BertConfig):
     target_keep_ratio: None for the paper's skim loss (the mean kept ratio, pushed down without end); a
         number r in (0, 1] for the budget `max(0, kept ratio - r)`, which stops pushing at r.
     min_kept_tokens: every sequence keeps at least this many tokens (CLS included) in every layer.
-    keep_threshold: inference keeps a token where the predictor's P(keep) >= this (0.5: the argmax).
+    keep_threshold: inference keeps a token where the predictor's P(keep) >= this (0.5: the argmax); training
+        with `gumbel_noise=False` takes the same decisions.
         Raise it to skim more, lower it to skim less, without retraining (`tokenskim calibrate` picks it).
     gumbel_tau: temperature of the Gumbel-softmax used in training.
     gumbel_noise: False trains with the deterministic decision `score >= 0` (the one inference takes) and

@@ -140,8 +140,10 @@ HYPERPARAMETERS = {
     "target_keep_ratio": (float, "train to this kept-token ratio (a budget term around it); unset: the paper's loss, "
                           "which pushes without end"),
     "min_kept_tokens": (int, "every sequence keeps at least this many tokens per layer"),
-    "keep_threshold": (float, "Transkimmer: inference keeps a token where P(keep) >= this (default 0.5)"),
-    "threshold_scale": (float, "LTP: inference prunes below this times the learned thresholds (default 1)"),
+    "keep_threshold": (float, "Transkimmer: keep a token where P(keep) >= this, at inference and in deterministic "
+                              "training (default 0.5)"),
+    "threshold_scale": (float, "LTP: inference and the hard-pruning stage prune below this times the learned "
+                               "thresholds (default 1)"),
     "gumbel_tau": (float, "Transkimmer: Gumbel-softmax temperature in training"),
     "gumbel_noise": (parse_bool,
                      "Transkimmer: false trains on the deterministic decisions inference takes (straight-through)"),
