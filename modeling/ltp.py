@@ -110,10 +110,11 @@ class LTPRobertaConfig(RobertaConfig, LTPFields):
     model_type = "ltp-roberta"
 
 
-def base_thresholds(final_threshold: float, num_layers: int, prune_first_layer: bool = False) -> torch.Tensor:
-    """theta_L * l / L for l = 0..L-1: `[layers]` float32; the first layer's is 0, or theta_L / (2L) when
+def base_thresholds(final_threshold: float, num_layers: int, prune_first_layer: bool = False,
+                    device=None) -> torch.Tensor:
+    """theta_L * l / L for l = 0..L-1: `[layers]` float32 on `device`; the first layer's is 0, or theta_L / (2L) when
     `prune_first_layer`."""
-    layer = torch.arange(num_layers, dtype=torch.float32)
+    layer = torch.arange(num_layers, dtype=torch.float32, device=device)
     if prune_first_layer:
         layer[0] = 0.5
     return final_threshold * layer / num_layers
@@ -177,10 +178,12 @@ class LTPSelector(TokenSelector):
     def thresholds(self) -> torch.Tensor:
         """theta_l for every layer, `[layers]` float32 (carries gradients to `threshold_offsets`); in the
         log-relative space the log of the relative threshold (-inf for a layer 0 that never prunes)."""
-        base = base_thresholds(self.final_threshold, self.num_layers, self.prune_first_layer)
+        # built on the offsets' device: a host tensor here would be one more copy to the GPU in every pruning layer
+        base = base_thresholds(self.final_threshold, self.num_layers, self.prune_first_layer,
+                               self.threshold_offsets.device)
         if self.space == "log-relative":
             base = base.log()
-        return base.to(self.threshold_offsets.device) + self.threshold_offsets.float()
+        return base + self.threshold_offsets.float()
 
     @property
     def prune_first_layer(self) -> bool:
