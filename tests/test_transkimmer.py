@@ -100,10 +100,12 @@ def test_unbalanced_bias_init_survives_from_pretrained():
     assert again.bert.selector.predictors[0][-1].bias.tolist() == [1.5, -0.5]
 
 
-def test_flops_charge_each_predictor_on_the_tokens_it_scored():
+@pytest.mark.parametrize("predictor_size", [None, 8])
+def test_flops_charge_each_predictor_on_the_tokens_it_scored(predictor_size):
     """The selector's MACs are those of the rows its predictors ran on (layer 0: every real token; layer i: the
-    tokens layer i-1 kept), counted by a hook on the predictors of a skimming forward."""
-    model = skimming_model()
+    tokens layer i-1 kept), counted by a hook on the predictors of a skimming forward, times the MACs of the
+    predictor's Linear weights (as wide as `skim_predictor_size`)."""
+    model = skimming_model(skim_predictor_size=predictor_size)
     selector = model.bert.selector
     rows = []
     hooks = [p.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0])) for p in selector.predictors]
@@ -112,10 +114,11 @@ def test_flops_charge_each_predictor_on_the_tokens_it_scored():
         out = model(**batch)
     for h in hooks:
         h.remove()
-    d = model.config.hidden_size
+    per_token = sum(m.weight.numel() for m in selector.predictors[0] if isinstance(m, torch.nn.Linear))
+    assert per_token == (model.config.hidden_size + 2) * (predictor_size or model.config.hidden_size)
     macs = selector.macs(out.kept_tokens, torch.tensor(MIXED_LENGTHS))
     assert out.kept_tokens[:, -1].sum() < sum(MIXED_LENGTHS)  # it skims
-    assert float(macs.sum()) == (d * d + 2 * d) * sum(rows)
+    assert float(macs.sum()) == per_token * sum(rows)
 
 
 def test_bad_input_errors():
