@@ -51,6 +51,8 @@ class TranskimmerBertConfig(BertConfig):
         fresh model starts by keeping every token.
     skim_predictor_size: width of the predictor's hidden layer; None is `hidden_size` (the paper's, about 8%
         of a MiniLM layer's FLOPs per scored token); a narrower predictor costs proportionally less.
+    skim_first_layer: True (the paper's) puts a predictor before layer 0 too, deciding on the embeddings alone;
+        False lets every token through layer 0, so the first decision reads contextual states (as LTP's layer 0).
     """
 
     model_type = "transkimmer-bert"
@@ -63,6 +65,7 @@ class TranskimmerBertConfig(BertConfig):
     gumbel_noise: bool = True
     skim_bias_init: float | int = 5.0
     skim_predictor_size: int | None = None
+    skim_first_layer: bool = True
 
 
 @strict
@@ -79,6 +82,7 @@ class TranskimmerRobertaConfig(RobertaConfig):
     gumbel_noise: bool = True
     skim_bias_init: float | int = 5.0
     skim_predictor_size: int | None = None
+    skim_first_layer: bool = True
 
 
 SKIP, KEEP = 0, 1
@@ -128,7 +132,11 @@ class TranskimmerSelector(TokenSelector):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.predictors = nn.ModuleList([SkimPredictor(config) for _ in range(config.num_hidden_layers)])
+        # a layer without decisions holds no parameters (an Identity), so every parameter gets a gradient
+        self.predictors = nn.ModuleList([
+            SkimPredictor(config) if i > 0 or config.skim_first_layer else nn.Identity()
+            for i in range(config.num_hidden_layers)
+        ])
 
     @property
     def enabled(self) -> bool:
@@ -144,7 +152,7 @@ class TranskimmerSelector(TokenSelector):
 
     def before_layer(self, layer_idx, hidden, hard):
         """hidden `[..., hidden]` -> keep score `[...]` float32 (>= 0 keeps)."""
-        if not self.enabled:
+        if not self.enabled or isinstance(self.predictors[layer_idx], nn.Identity):
             return None
         logits = self.predictors[layer_idx](hidden).float()
         # P(keep) >= p  <=>  keep - skip >= logit(p); training shifts by the same amount, so deterministic
@@ -171,11 +179,12 @@ class TranskimmerSelector(TokenSelector):
 
     def macs(self, kept_tokens, lengths):
         """The predictors' two Linear layers (d*p + 2p MACs a token), charged on the tokens each predictor scored:
-        layer 0's scores every real token, layer i's the tokens layer i-1 kept."""
+        layer 0's scores every real token (if it has a predictor), layer i's the tokens layer i-1 kept."""
         if not self.enabled:
             return super().macs(kept_tokens, lengths)
         d, p = self.config.hidden_size, predictor_size(self.config)
-        return (d * p + 2 * p) * (lengths.double() + kept_tokens[:, :-1].double().sum(-1))
+        scored = kept_tokens[:, :-1].double().sum(-1) + (lengths.double() if self.config.skim_first_layer else 0)
+        return (d * p + 2 * p) * scored
 
 
 class TranskimmerBertModel(SkimModel):

@@ -100,12 +100,12 @@ def test_unbalanced_bias_init_survives_from_pretrained():
     assert again.bert.selector.predictors[0][-1].bias.tolist() == [1.5, -0.5]
 
 
-@pytest.mark.parametrize("predictor_size", [None, 8])
-def test_flops_charge_each_predictor_on_the_tokens_it_scored(predictor_size):
-    """The selector's MACs are those of the rows its predictors ran on (layer 0: every real token; layer i: the
-    tokens layer i-1 kept), counted by a hook on the predictors of a skimming forward, times the MACs of the
-    predictor's Linear weights (as wide as `skim_predictor_size`)."""
-    model = skimming_model(skim_predictor_size=predictor_size)
+@pytest.mark.parametrize("predictor_size,first_layer", [(None, True), (8, True), (8, False)])
+def test_flops_charge_each_predictor_on_the_tokens_it_scored(predictor_size, first_layer):
+    """The selector's MACs are those of the rows its predictors ran on (layer 0: every real token, unless it has no
+    predictor; layer i: the tokens layer i-1 kept), counted by a hook on the predictors of a skimming forward, times
+    the MACs of the predictor's Linear weights (as wide as `skim_predictor_size`)."""
+    model = skimming_model(skim_predictor_size=predictor_size, skim_first_layer=first_layer)
     selector = model.bert.selector
     rows = []
     hooks = [p.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[0])) for p in selector.predictors]
@@ -114,11 +114,24 @@ def test_flops_charge_each_predictor_on_the_tokens_it_scored(predictor_size):
         out = model(**batch)
     for h in hooks:
         h.remove()
-    per_token = sum(m.weight.numel() for m in selector.predictors[0] if isinstance(m, torch.nn.Linear))
+    per_token = sum(m.weight.numel() for m in selector.predictors[-1] if isinstance(m, torch.nn.Linear))
     assert per_token == (model.config.hidden_size + 2) * (predictor_size or model.config.hidden_size)
     macs = selector.macs(out.kept_tokens, torch.tensor(MIXED_LENGTHS))
     assert out.kept_tokens[:, -1].sum() < sum(MIXED_LENGTHS)  # it skims
+    assert len(rows) == model.config.num_hidden_layers - (not first_layer)
     assert float(macs.sum()) == per_token * sum(rows)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_without_a_first_layer_predictor_every_token_enters_layer_0(train):
+    """`skim_first_layer=False`: layer 0 has no predictor (and no parameters for it), keeps every real token in
+    inference and training, and later layers still skim."""
+    model = skimming_model(skim_first_layer=False, gumbel_noise=False).train(train)
+    assert not list(model.bert.selector.predictors[0].parameters())
+    batch = mixed_batch(MIXED_LENGTHS)
+    out = model.bert(**batch)
+    assert out.kept_tokens[:, 0].tolist() == MIXED_LENGTHS
+    assert (out.kept_tokens[:, 1:].sum(0) < sum(MIXED_LENGTHS)).all()
 
 
 def test_bad_input_errors():

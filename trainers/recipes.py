@@ -64,7 +64,8 @@ class Recipe:
 
 
 TRANSKIMMER_FIELDS = ("skim_coefficient", "target_keep_ratio", "min_kept_tokens", "keep_threshold", "gumbel_tau",
-                      "gumbel_noise", "skim_enabled", "skim_bias_init", "skim_predictor_size")
+                      "gumbel_noise", "skim_enabled", "skim_bias_init", "skim_predictor_size",
+                      "skim_first_layer")
 LTP_FIELDS = ("threshold_space", "final_threshold", "temperature", "skim_coefficient", "target_keep_ratio",
               "min_kept_tokens", "threshold_scale", "prune_first_layer")
 EXIT_FIELDS = ("exit_threshold", "exit_criterion", "exit_patience")
@@ -149,6 +150,8 @@ HYPERPARAMETERS = {
                      "Transkimmer: false trains on the deterministic decisions inference takes (straight-through)"),
     "skim_enabled": (parse_bool, "false runs the engine with every token kept"),
     "skim_bias_init": (float, "Transkimmer: new predictors start with keep/skip logits +/- this (default 5: keep all)"),
+    "skim_first_layer": (parse_bool, "Transkimmer: false lets every token through layer 0 (the first decision reads "
+                                     "layer 0's output, not the embeddings; default true, the paper's)"),
     "skim_predictor_size": (int, "Transkimmer: width of new predictors' hidden layer (default: the hidden size, the "
                                  "paper's; 64 costs a sixth as much on MiniLM)"),
     "threshold_space": (str, "LTP: what thresholds compare: attention (received attention, the paper's) or "
