@@ -49,7 +49,7 @@ class TranskimmerBertConfig(BertConfig):
         the gradient of `sigmoid(score / tau)`, so the kept ratio in training is the one at inference.
     skim_bias_init: unbalanced init of the predictor's last bias, keep ~ +mu0 and skip ~ -mu0, so a
         fresh model starts by keeping every token.
-    skim_predictor_size: width of the predictor's hidden layer; None is `hidden_size` (the paper's, about 8%
+    skim_predictor_size: width of the predictor's hidden layer; None (or 0) is `hidden_size` (the paper's, about 8%
         of a MiniLM layer's FLOPs per scored token); a narrower predictor costs proportionally less.
     skim_first_layer: True (the paper's) puts a predictor before layer 0 too, deciding on the embeddings alone;
         False lets every token through layer 0, so the first decision reads contextual states (as LTP's layer 0).

@@ -87,6 +87,13 @@ FULL_RUNS = {
     "tkd-t0.2": "Transkimmer, budget 0.2",
     "tkdkd-t0.45": "Transkimmer, budget 0.45, distilling dense-e1",
     "tkd-t0.45-k0.518-hard": "Transkimmer, budget 0.45, then 0.5 epoch at keep_threshold 0.518 with the predictors frozen",
+    "tkdp64-t0.45": "Transkimmer, budget 0.45, predictors 64 wide",
+    "tkdp64-t0.45-k0.488": "the same, keep_threshold 0.488 (its 2x point)",
+    "tkdp64n0-t0.6": "Transkimmer, budget 0.6, predictors 64 wide, none before layer 0 (the recipe's default now)",
+    "tkdp64n0-t0.47": "Transkimmer, budget 0.47, the same predictors",
+    "tkdp64n0-t0.47-s43": "Transkimmer, budget 0.47, the same predictors, seed 43",
+    "tkdp64n0-t0.35": "Transkimmer, budget 0.35, the same predictors",
+    "tkdp64n0-t0.25": "Transkimmer, budget 0.25, the same predictors",
     "ltp-t0.5": "LTP, budget 0.5",
     "ltp-t0.4": "LTP, budget 0.4",
     "ltp-t0.3": "LTP, budget 0.3",
@@ -114,7 +121,8 @@ def knob_sweep(*path) -> str:
 
 def sst2_full() -> str:
     return budget_experiment("sst2_full", FULL_RUNS, "densec-e2", "dense 2 ep.", ("calibration", "tkd-t0.45.json"),
-                             ("calibration", "ltp-t0.5.json"), ("calibration", "tkd-t0.45-k0.518-hard.json"))
+                             ("calibration", "ltp-t0.5.json"), ("calibration", "tkd-t0.45-k0.518-hard.json"),
+                             ("calibration", "tkdp64-t0.45.json"), ("calibration", "tkdp64n0-t0.47.json"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -171,7 +179,7 @@ def ag_news_pyramid() -> str:
 def demo() -> str:
     from tokenskim.trainers.demo import format_table
 
-    return format_table(read("demo", "demo_target0.42.json")["rows"])
+    return format_table(read("demo", "demo_target0.47.json")["rows"])
 
 
 def bench(folder: str) -> str:
@@ -344,6 +352,7 @@ EXPERIMENTS = {
     "squad_qa": squad_qa,
     "budget_sst2_timed": lambda: timed("budget_sst2/bench"),
     "sst2_full_timed": lambda: timed("sst2_full/bench"),
+    "sst2_full_timed_tk": lambda: timed("sst2_full/bench_tk_recipe"),
     "imdb_512_timed": lambda: "\n\n".join(timed(f"imdb_512/{folder}") for folder in ("bench", "bench_ltpr")),
     "ag_news_pyramid_timed": lambda: timed("ag_news_pyramid/bench"),
     "imdb_512_synthetic": lambda: timed("bench_imdb_cpu/synthetic_minilm"),

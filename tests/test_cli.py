@@ -216,6 +216,8 @@ def test_demo_runs_end_to_end_on_a_tiny_model(tiny_dir, tmp_path, capsys):
     assert report["dev_rows"] == 872
     for name in ("dense", "transkimmer"):
         assert (out / name / "README.md").is_file() and (out / name / "model.safetensors").is_file()
+    config = json.loads((out / "transkimmer" / "config.json").read_text())
+    assert (config["skim_first_layer"], config["skim_predictor_size"]) == (False, 64)  # the recipe's predictors
 
 
 @pytest.mark.slow

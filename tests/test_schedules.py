@@ -97,6 +97,31 @@ def test_ltp_recipe_learns_log_relative_thresholds_at_their_own_rate(tiny_dir, t
     assert rates["stage-2-soft-pruning"] is None
 
 
+def test_new_transkimmer_models_get_the_recipe_predictors_and_its_own_checkpoints_keep_theirs(tiny_dir, tmp_path):
+    """A model the command starts from a plain checkpoint gets the recipe's predictors (none before layer 0, 64 wide);
+    a flag overrides them; a Transkimmer checkpoint saved before these fields existed keeps the paper's architecture
+    (its config lacks them), so continuing to train it loads every predictor it has."""
+    out = tmp_path / "tk"
+    assert train(tiny_dir, out, "transkimmer") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["skim_first_layer"], config["skim_predictor_size"]) == (False, 64)
+    assert "bert.selector.predictors.0.1.weight" not in weights(out)
+    assert weights(out)["bert.selector.predictors.1.1.weight"].shape[0] == 64
+    given = {"skim_first_layer": True, "skim_predictor_size": None}
+    assert recipes.starting_hyperparameters("transkimmer", given, tiny_dir) == {"skim_first_layer": True,
+                                                                               "skim_predictor_size": 64}
+    old = tmp_path / "old-tk"
+    paper = recipes.load_model("transkimmer", tiny_dir, {"skim_first_layer": True, "skim_predictor_size": 0}, num_labels=2)
+    paper.save_pretrained(old)
+    BertTokenizerFast.from_pretrained(tiny_dir).save_pretrained(old)
+    saved = json.loads((old / "config.json").read_text())
+    del saved["skim_first_layer"], saved["skim_predictor_size"]
+    (old / "config.json").write_text(json.dumps(saved))
+    assert recipes.starting_hyperparameters("transkimmer", {}, str(old)) == {}
+    assert train(str(old), tmp_path / "continued", "transkimmer") == 0
+    assert weights(tmp_path / "continued")["bert.selector.predictors.0.1.weight"].shape == (32, 32)
+
+
 def test_magic_pyramid_stages_train_what_they_should_and_a_rerun_resumes(tiny_dir, tmp_path, monkeypatch):
     rates = {}
     init = SkimTrainer.__init__

@@ -49,8 +49,8 @@ def add_arguments(parser):
     parser.add_argument("--train-samples", type=int, default=None, help="use this many rows of the bundled sample (default: all)")
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs of the dense fine-tune (default 1)")
     parser.add_argument("--skim-epochs", type=float, default=2.0, help="epochs of the Transkimmer fine-tune (default 2)")
-    parser.add_argument("--target-keep-ratio", type=float, default=0.42,
-                        help="the kept-token budget Transkimmer trains to (default 0.42: about 2.1x fewer FLOPs)")
+    parser.add_argument("--target-keep-ratio", type=float, default=0.47,
+                        help="the kept-token budget Transkimmer trains to (default 0.47: about 2.2x fewer FLOPs)")
     parser.add_argument("--skim-coefficient", type=float, default=1.0, help="weight of the budget loss (default 1.0)")
     parser.add_argument("--skim-warmup-steps", type=int, default=20, help="steps over which the budget loss ramps up")
     parser.add_argument("--learning-rate", type=float, default=5e-5, help="learning rate of both fine-tunes")
@@ -129,11 +129,10 @@ def run(args):
                     max_length=args.max_length, train_rows=raw["train"].num_rows)
 
     print("\n[2/3] fine-tuning Transkimmer from the dense model")
-    skim_model = recipes.load_model(
-        "transkimmer", str(out / "dense"), {"skim_coefficient": args.skim_coefficient,
-                                            "target_keep_ratio": args.target_keep_ratio, "gumbel_noise": False},
-        **task_config(spec),
-    )
+    skim_fields = recipes.starting_hyperparameters(  # the recipe's predictors, as `tokenskim train` builds them
+        "transkimmer", {"skim_coefficient": args.skim_coefficient, "target_keep_ratio": args.target_keep_ratio,
+                        "gumbel_noise": False}, str(out / "dense"))
+    skim_model = recipes.load_model("transkimmer", str(out / "dense"), skim_fields, **task_config(spec))
     skim_trainer, skim_results = train_stage(
         skim_model, tokenizer, inputs, demo_training_args(out / "transkimmer", args, args.skim_epochs),
         num_examples=raw["validation"].num_rows, selector_learning_rate=args.selector_learning_rate, skim_warmup_steps=args.skim_warmup_steps,

@@ -8,7 +8,8 @@
 #   tkd-t<R>                   Transkimmer from dense-e1, 1 epoch with the budget R (2 epochs in all, as LTP)
 #   ltp-t<R>                   LTP from dense-e1: soft pruning 0.5 epoch (budget R) + hard pruning 0.5 epoch
 #   tkdp64-t<R>                tkd-t<R> with predictors 64 wide (--skim-predictor-size 64: 1.4% of a layer, not 8%)
-#   tkdp64n0-t<R>              tkdp64-t<R> with no predictor before layer 0 (--skim-first-layer false)
+#   tkdp64n0-t<R>              tkdp64-t<R> with no predictor before layer 0 (--skim-first-layer false): the
+#                              command's defaults for new Transkimmer models
 #   tkdkd-t<R>, ltpkd-t<R>     tkd-t<R>, ltp-t<R> distilling dense-e1's predictions (--distill-from, alpha 0.5)
 #   mp-t<R>                    Magic Pyramid from dense-e1: ltp-t<R>'s stages + exit heads 0.5 epoch (heads at lr 5e-4)
 #   ltpr-t<R>, mpr-t<R>        ltp-t<R>, mp-t<R> with thresholds in the log-relative space (thresholds at lr 1e-2)
@@ -28,14 +29,17 @@ COMMON="--task $TASK $SUBSET --max-length $MAXLEN --learning-rate 5e-5 --disable
 # the default budget recipe: deterministic straight-through decisions, budget weight 1, a warm-up of the budget
 # loss over the first ~10% of steps, the new predictors / thresholds at a larger learning rate
 BUDGET="--skim-coefficient 1.0 --skim-warmup-steps 40 --selector-learning-rate 1e-3"
+# the paper's predictors (before every layer, as wide as the hidden size), which tk-t<R> and tkd-t<R> ran with; the
+# command's defaults for new models are now those of tkdp64n0-t<R>
+PAPER_TK="--skim-first-layer true --skim-predictor-size 0"
 
 cmd() {
   case "$1" in
     dense-e1) echo "--method dense --model $MINILM --num-train-epochs 1" ;;
     dense-e2) echo "--method dense --model $MINILM --num-train-epochs 2" ;;
     densec-e2) echo "--method dense --model $OUT/dense-e1 --num-train-epochs 1" ;;
-    tk-t*) echo "--method transkimmer --model $MINILM --num-train-epochs 2 $BUDGET --gumbel-noise false --target-keep-ratio ${1#tk-t}" ;;
-    tkd-t*) echo "--method transkimmer --model $OUT/dense-e1 --num-train-epochs 1 $BUDGET --gumbel-noise false --target-keep-ratio ${1#tkd-t}" ;;
+    tk-t*) echo "--method transkimmer --model $MINILM --num-train-epochs 2 $BUDGET --gumbel-noise false $PAPER_TK --target-keep-ratio ${1#tk-t}" ;;
+    tkd-t*) echo "--method transkimmer --model $OUT/dense-e1 --num-train-epochs 1 $BUDGET --gumbel-noise false $PAPER_TK --target-keep-ratio ${1#tkd-t}" ;;
     tkdp64n0-t*) echo "$(cmd tkdp64-t${1#tkdp64n0-t}) --skim-first-layer false" ;;
     tkdp64-t*) echo "$(cmd tkd-t${1#tkdp64-t}) --skim-predictor-size 64" ;;
     tkdkd-t*) echo "$(cmd tkd-t${1#tkdkd-t}) --distill-from $OUT/dense-e1" ;;
