@@ -8,6 +8,7 @@
 #   tkd-t<R>                   Transkimmer from dense-e1, 1 epoch with the budget R (2 epochs in all, as LTP)
 #   ltp-t<R>                   LTP from dense-e1: soft pruning 0.5 epoch (budget R) + hard pruning 0.5 epoch
 #   tkdp64-t<R>                tkd-t<R> with predictors 64 wide (--skim-predictor-size 64: 1.4% of a layer, not 8%)
+#   tkdn0-t<R>                 tkd-t<R> with no predictor before layer 0 (--skim-first-layer false)
 #   tkdp64n0-t<R>              tkdp64-t<R> with no predictor before layer 0 (--skim-first-layer false): the
 #                              command's defaults for new Transkimmer models
 #   tkdkd-t<R>, ltpkd-t<R>     tkd-t<R>, ltp-t<R> distilling dense-e1's predictions (--distill-from, alpha 0.5)
@@ -40,6 +41,7 @@ cmd() {
     densec-e2) echo "--method dense --model $OUT/dense-e1 --num-train-epochs 1" ;;
     tk-t*) echo "--method transkimmer --model $MINILM --num-train-epochs 2 $BUDGET --gumbel-noise false $PAPER_TK --target-keep-ratio ${1#tk-t}" ;;
     tkd-t*) echo "--method transkimmer --model $OUT/dense-e1 --num-train-epochs 1 $BUDGET --gumbel-noise false $PAPER_TK --target-keep-ratio ${1#tkd-t}" ;;
+    tkdn0-t*) echo "$(cmd tkd-t${1#tkdn0-t}) --skim-first-layer false" ;;
     tkdp64n0-t*) echo "$(cmd tkdp64-t${1#tkdp64n0-t}) --skim-first-layer false" ;;
     tkdp64-t*) echo "$(cmd tkd-t${1#tkdp64-t}) --skim-predictor-size 64" ;;
     tkdkd-t*) echo "$(cmd tkd-t${1#tkdkd-t}) --distill-from $OUT/dense-e1" ;;
