@@ -87,6 +87,7 @@ FULL_RUNS = {
     "tkd-t0.2": "Transkimmer, budget 0.2",
     "tkdkd-t0.45": "Transkimmer, budget 0.45, distilling dense-e1",
     "tkd-t0.45-k0.518-hard": "Transkimmer, budget 0.45, then 0.5 epoch at keep_threshold 0.518 with the predictors frozen",
+    "tkdn0-t0.47": "Transkimmer, budget 0.47, no predictor before layer 0 (the paper's width)",
     "tkdp64-t0.45": "Transkimmer, budget 0.45, predictors 64 wide",
     "tkdp64-t0.45-k0.488": "the same, keep_threshold 0.488 (its 2x point)",
     "tkdp64n0-t0.6": "Transkimmer, budget 0.6, predictors 64 wide, none before layer 0 (the recipe's default now)",
