@@ -50,7 +50,8 @@ class TranskimmerBertConfig(BertConfig):
     skim_bias_init: unbalanced init of the predictor's last bias, keep ~ +mu0 and skip ~ -mu0, so a
         fresh model starts by keeping every token.
     skim_predictor_size: width of the predictor's hidden layer; None (or 0) is `hidden_size` (the paper's, about 8%
-        of a MiniLM layer's FLOPs per scored token); a narrower predictor costs proportionally less.
+        of a MiniLM layer's FLOPs per scored token); a narrower predictor costs proportionally less, and its keep
+        logit moves at most `lr * width` per Adam step, so it leaves the +`skim_bias_init` start more slowly.
     skim_first_layer: True (the paper's) puts a predictor before layer 0 too, deciding on the embeddings alone;
         False lets every token through layer 0, so the first decision reads contextual states (as LTP's layer 0).
     """

@@ -156,7 +156,9 @@ HYPERPARAMETERS = {
     "skim_first_layer": (parse_bool, "Transkimmer: false lets every token through layer 0, so the first decision reads "
                                      "layer 0's output (the default for models this command starts; the paper's: true)"),
     "skim_predictor_size": (int, "Transkimmer: width of new predictors' hidden layer (default for models this command "
-                                 "starts: 64, a sixth of the paper's cost on MiniLM; 0: the hidden size, the paper's)"),
+                                 "starts: 64, a sixth of the paper's cost on MiniLM; 0: the hidden size, the paper's). A narrow "
+                                 "predictor leaves the keep-biased init more slowly: for runs of a few hundred steps "
+                                 "raise --selector-learning-rate by hidden size / width"),
     "threshold_space": (str, "LTP: what thresholds compare: attention (received attention, the paper's) or "
                              "log-relative (log of received attention times the sequence's kept tokens; the default "
                              "for models this command starts)"),
