@@ -97,6 +97,30 @@ def test_ltp_recipe_learns_log_relative_thresholds_at_their_own_rate(tiny_dir, t
     assert rates["stage-2-soft-pruning"] is None
 
 
+def test_transkimmer_predictors_train_with_a_budget_at_a_rate_scaled_to_their_width(tiny_dir, tmp_path, monkeypatch):
+    """With a budget and no --selector-learning-rate, the predictors train at 1e-3 x hidden / width (their keep logits
+    then leave the keep-biased start as fast at any width); without a budget at the model's rate (the paper's); a flag
+    wins."""
+    rates = []
+    original = SkimTrainer.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        rates.append(self.selector_learning_rate)
+
+    monkeypatch.setattr(SkimTrainer, "__init__", recording)
+    hidden = json.loads((Path(tiny_dir) / "config.json").read_text())["hidden_size"]
+    for width in (16, 64):
+        assert train(tiny_dir, tmp_path / f"w{width}", "transkimmer", "--target-keep-ratio", "0.5",
+                     "--skim-predictor-size", str(width)) == 0
+    assert rates == [pytest.approx(1e-3 * hidden / 16), pytest.approx(1e-3 * hidden / 64)]
+    rates.clear()
+    assert train(tiny_dir, tmp_path / "paper", "transkimmer") == 0
+    assert train(tiny_dir, tmp_path / "given", "transkimmer", "--target-keep-ratio", "0.5",
+                 "--selector-learning-rate", "2e-3") == 0
+    assert rates == [None, 2e-3]
+
+
 def test_new_transkimmer_models_get_the_recipe_predictors_and_its_own_checkpoints_keep_theirs(tiny_dir, tmp_path):
     """A model the command starts from a plain checkpoint gets the recipe's predictors (none before layer 0, 64 wide);
     a flag overrides them; a Transkimmer checkpoint saved before these fields existed keeps the paper's architecture
