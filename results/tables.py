@@ -95,6 +95,7 @@ FULL_RUNS = {
     "tkdp64n0-t0.47-s43": "Transkimmer, budget 0.47, the same predictors, seed 43",
     "tkdp64n0-t0.35": "Transkimmer, budget 0.35, the same predictors",
     "tkdp64n0-t0.25": "Transkimmer, budget 0.25, the same predictors",
+    "tkdp64n0s6-t0.47": "Transkimmer, budget 0.47, the same predictors at 6e-3 (1e-3 x hidden / width)",
     "ltp-t0.5": "LTP, budget 0.5",
     "ltp-t0.4": "LTP, budget 0.4",
     "ltp-t0.3": "LTP, budget 0.3",
@@ -135,6 +136,7 @@ IMDB_RUNS = {
     "tkd-t0.3": "Transkimmer, budget 0.3",
     "tkd-t0.3-k0.571": "the same, keep_threshold 0.571 (the knob's 3x point)",
     "ltpr-t0.25": "LTP log-relative, budget 0.25",
+    "tkdp64n0-t0.3-slr6e-3": "Transkimmer, budget 0.3, the recipe's predictors (64 wide, none before layer 0) at 6e-3",
 }
 
 

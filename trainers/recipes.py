@@ -156,9 +156,8 @@ HYPERPARAMETERS = {
     "skim_first_layer": (parse_bool, "Transkimmer: false lets every token through layer 0, so the first decision reads "
                                      "layer 0's output (the default for models this command starts; the paper's: true)"),
     "skim_predictor_size": (int, "Transkimmer: width of new predictors' hidden layer (default for models this command "
-                                 "starts: 64, a sixth of the paper's cost on MiniLM; 0: the hidden size, the paper's). With a budget "
-                                 "the predictors train at 1e-3 x hidden size / width unless --selector-learning-rate "
-                                 "says, so a narrow one leaves the keep-biased init as fast as the paper's"),
+                                 "starts: 64, a sixth of the paper's cost on MiniLM; 0: the hidden size, the paper's). A narrow "
+                                 "predictor leaves the keep-biased init more slowly (README, IMDB)"),
     "threshold_space": (str, "LTP: what thresholds compare: attention (received attention, the paper's) or "
                              "log-relative (log of received attention times the sequence's kept tokens; the default "
                              "for models this command starts)"),

@@ -93,7 +93,7 @@ def add_method_arguments(parser):
     g.add_argument("--selector-learning-rate", type=float,
                    help="learning rate of the token selector's parameters in the stages that train it "
                         "(default: the stage's own, else the selector's: LTP's log-relative thresholds 1e-2, "
-                        "Transkimmer with a budget 1e-3 x hidden size / predictor width; else --learning-rate)")
+                        "Transkimmer's predictors with a budget 1e-3; else --learning-rate)")
     g.add_argument("--skim-warmup-steps", type=int, default=0,
                    help="ramp the skim loss's weight from 0 to --skim-coefficient over this many steps (default 0)")
     g.add_argument("--distill-from", metavar="CHECKPOINT",
