@@ -137,6 +137,8 @@ IMDB_RUNS = {
     "tkd-t0.3-k0.571": "the same, keep_threshold 0.571 (the knob's 3x point)",
     "ltpr-t0.25": "LTP log-relative, budget 0.25",
     "tkdp64n0-t0.3-slr6e-3": "Transkimmer, budget 0.3, the recipe's predictors (64 wide, none before layer 0) at 6e-3",
+    "tkdp64n0-t0.3-slr6e-3-k0.35": "the same, keep_threshold 0.35",
+    "tkdp64n0-t0.3-slr6e-3-kd2": "the same training, distilling densec-e2",
 }
 
 
@@ -356,7 +358,7 @@ EXPERIMENTS = {
     "budget_sst2_timed": lambda: timed("budget_sst2/bench"),
     "sst2_full_timed": lambda: timed("sst2_full/bench"),
     "sst2_full_timed_tk": lambda: timed("sst2_full/bench_tk_recipe"),
-    "imdb_512_timed": lambda: "\n\n".join(timed(f"imdb_512/{folder}") for folder in ("bench", "bench_ltpr")),
+    "imdb_512_timed": lambda: "\n\n".join(timed(f"imdb_512/{folder}") for folder in ("bench", "bench_ltpr", "bench_tk_recipe")),
     "ag_news_pyramid_timed": lambda: timed("ag_news_pyramid/bench"),
     "imdb_512_synthetic": lambda: timed("bench_imdb_cpu/synthetic_minilm"),
 }
