@@ -12,6 +12,9 @@
 #   tkdp64n0-t<R>              tkdp64-t<R> with no predictor before layer 0 (--skim-first-layer false): the
 #                              command's defaults for new Transkimmer models
 #   tkdp64n0s6-t<R>            tkdp64n0-t<R> with the predictors at 6e-3 (1e-3 x hidden / width) instead of 1e-3
+#   tkr-t<R>                   Transkimmer from dense-e1 with the README's budget command: no predictor or learning-rate
+#                              flags, so the command's defaults for new models (tkdp64n0-t<R>'s settings, the
+#                              predictors at 1e-3 since a budget is set)
 #   tkdkd-t<R>, ltpkd-t<R>     tkd-t<R>, ltp-t<R> distilling dense-e1's predictions (--distill-from, alpha 0.5)
 #   mp-t<R>                    Magic Pyramid from dense-e1: ltp-t<R>'s stages + exit heads 0.5 epoch (heads at lr 5e-4)
 #   ltpr-t<R>, mpr-t<R>        ltp-t<R>, mp-t<R> with thresholds in the log-relative space (thresholds at lr 1e-2)
@@ -42,6 +45,7 @@ cmd() {
     densec-e2) echo "--method dense --model $OUT/dense-e1 --num-train-epochs 1" ;;
     tk-t*) echo "--method transkimmer --model $MINILM --num-train-epochs 2 $BUDGET --gumbel-noise false $PAPER_TK --target-keep-ratio ${1#tk-t}" ;;
     tkd-t*) echo "--method transkimmer --model $OUT/dense-e1 --num-train-epochs 1 $BUDGET --gumbel-noise false $PAPER_TK --target-keep-ratio ${1#tkd-t}" ;;
+    tkr-t*) echo "--method transkimmer --model $OUT/dense-e1 --num-train-epochs 1 --target-keep-ratio ${1#tkr-t} --skim-coefficient 1.0 --gumbel-noise false --skim-warmup-steps 40" ;;
     tkdp64n0s6-t*) echo "$(cmd tkdp64n0-t${1#tkdp64n0s6-t}) --selector-learning-rate 6e-3" ;;
     tkdn0-t*) echo "$(cmd tkd-t${1#tkdn0-t}) --skim-first-layer false" ;;
     tkdp64n0-t*) echo "$(cmd tkdp64-t${1#tkdp64n0-t}) --skim-first-layer false" ;;
