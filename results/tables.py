@@ -95,6 +95,7 @@ FULL_RUNS = {
     "tkdp64n0-t0.47-s43": "Transkimmer, budget 0.47, the same predictors, seed 43",
     "tkdp64n0-t0.35": "Transkimmer, budget 0.35, the same predictors",
     "tkdp64n0-t0.25": "Transkimmer, budget 0.25, the same predictors",
+    "tkr-t0.47": "Transkimmer, budget 0.47, the README's budget command with the command's defaults (the same settings)",
     "tkdp64n0s6-t0.47": "Transkimmer, budget 0.47, the same predictors at 6e-3 (1e-3 x hidden / width)",
     "ltp-t0.5": "LTP, budget 0.5",
     "ltp-t0.4": "LTP, budget 0.4",
