@@ -154,8 +154,8 @@ class TranskimmerSelector(TokenSelector):
 
     @property
     def default_learning_rate(self):
-        """With a budget, 1e-3: the recipe's rate behind every budget run in the README (a keep logit moves by up to
-        `lr x width` per Adam step; scaling the rate by hidden / width, 6e-3 at 64, cost 1.7 points on SST-2).
+        """With a budget, 1e-3: the rate of the README's Transkimmer budget recipe (a keep logit moves by up to
+        `lr x width` per Adam step; scaling the rate by hidden / width, 6e-3 at 64, cost 1.7 points in one SST-2 run).
         Without one, None (the model's rate, as the paper trains): the paper's loss never stops pushing, and a
         faster selector collapses to CLS (module docstring)."""
         return None if self.config.target_keep_ratio is None else 1e-3
