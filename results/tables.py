@@ -8,6 +8,7 @@ formats what those runs wrote.
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -59,7 +60,8 @@ def budget_runs(folder: str, runs: dict, base: str, base_label: str = "dense 2 e
     rows = []
     for name, label in runs.items():
         r = read(folder, "json", f"{name}.json")
-        target = name.rsplit("-t", 1)[1].split("-")[0] if "-t" in name else "-"
+        target = re.search(r"-t(\d[\d.]*)", name)  # the budget of run.sh's names, e.g. tkd-t0.3-s43
+        target = target.group(1) if target else "-"
         rows.append([label, target, pct(r["accuracy"]), f"{100 * (r['accuracy'] - base_accuracy):+.2f}",
                      f"{r['kept_token_ratio']:.3f}", x(r["flops_ratio"]), keep_rates(r)])
     return table(["run", "target kept", "accuracy", f"change vs {base_label}", "kept-token ratio", "FLOPs ratio",
@@ -136,10 +138,12 @@ IMDB_RUNS = {
     "densec-e2": "densec-e2 (dense-e1 + 1 dense epoch)",
     "tkd-t0.3": "Transkimmer, budget 0.3",
     "tkd-t0.3-k0.571": "the same, keep_threshold 0.571 (the knob's 3x point)",
+    "tkd-t0.3-s43": "Transkimmer, budget 0.3, seed 43",
     "ltpr-t0.25": "LTP log-relative, budget 0.25",
     "tkdp64n0-t0.3-slr6e-3": "Transkimmer, budget 0.3, the recipe's predictors (64 wide, none before layer 0) at 6e-3",
     "tkdp64n0-t0.3-slr6e-3-k0.35": "the same, keep_threshold 0.35",
     "tkdp64n0-t0.3-slr6e-3-kd2": "the same training, distilling densec-e2",
+    "tkdd-t0.28": "Transkimmer, budget 0.28, from densec-e2 (3 epochs in all; its change is from its own start)",
 }
 
 
@@ -166,6 +170,12 @@ AG_NEWS_RUNS = {
     "mpr-t0.25-pfl-ft3-soft1-slr3e-2": "final_threshold 3, layer 0 may prune, soft stage 1 epoch, thresholds at 3e-2",
     "mpr-t0.25-pfl-ft3-soft1-slr3e-2-exit5e-3": "the same, exit heads 1 epoch at 5e-3",
     "mpr-t0.25-pfl-ft3-soft1-slr3e-2-scale1.9": "the same, hard stage and exit heads under threshold_scale 1.9",
+    "mpr-t0.2-pfl-ft3-soft1-slr3e-2-exit5e-3": "budget 0.2, otherwise as the best run (exit heads 1 epoch at 5e-3)",
+    "mpr-t0.25-f1-pfl-ft3-soft1-slr3e-2-exit5e-3": "budget 0.25, min_kept_tokens 1 (otherwise as the best run)",
+    "mpr-t0.2-f1-pfl-ft3-soft1-slr3e-2-exit5e-3": "budget 0.2, min_kept_tokens 1",
+    "mpr-t0.2-f1-pfl-ft3-soft1-slr3e-2-exit5e-3-tau0.6": "the same, exit_threshold 0.6 (picked on the calibration rows)",
+    "mpr-t0.18-f1-pfl-ft3-soft1-slr3e-2-exit5e-3": "budget 0.18, min_kept_tokens 1",
+    "mpr-t0.18-f1-pfl-ft3-soft1-slr3e-2-exit5e-3-tau0.4": "the same, exit_threshold 0.4 (its 4x point on the calibration rows)",
 }
 
 
@@ -175,7 +185,8 @@ def ag_news_pyramid() -> str:
                              ("calibration_exit_threshold_mpr-t0.25.json",),
                              ("calibration_exit_threshold_mpr-t0.25-ft3-exit5e-3.json",),
                              ("calibration_exit_threshold_mpr-t0.25-pfl-ft3-soft1-slr3e-2-exit5e-3.json",),
-                             ("calibration_threshold_scale_mpr-t0.25-pfl-ft3-soft1-slr3e-2-exit5e-3.json",))
+                             ("calibration_threshold_scale_mpr-t0.25-pfl-ft3-soft1-slr3e-2-exit5e-3.json",),
+                             ("calibration_exit_threshold_mpr-t0.2-f1-pfl-ft3-soft1-slr3e-2-exit5e-3.json",))
 
 
 # ----------------------------------------------------------------------------------------------------

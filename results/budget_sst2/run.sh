@@ -4,8 +4,10 @@
 # Usage: OUT=runs results/budget_sst2/run.sh NAME...   (outputs in $OUT/NAME, logs in $OUT/NAME.log)
 #   dense-e1 dense-e2          dense fine-tunes, 1 and 2 epochs (dense-e1 is LTP's fine-tuned start)
 #   densec-e2                  dense-e1 fine-tuned 1 more epoch: the schedule of tkd-t<R> with skimming off
+#   densec-e3                  densec-e2 fine-tuned 1 more epoch: the schedule of tkdd-t<R> with skimming off
 #   tk-t<R>                    Transkimmer from the pretrained model, 2 epochs, kept-token budget R
 #   tkd-t<R>                   Transkimmer from dense-e1, 1 epoch with the budget R (2 epochs in all, as LTP)
+#   tkdd-t<R>                  tkd-t<R> from densec-e2 (3 epochs in all)
 #   ltp-t<R>                   LTP from dense-e1: soft pruning 0.5 epoch (budget R) + hard pruning 0.5 epoch
 #   tkdp64-t<R>                tkd-t<R> with predictors 64 wide (--skim-predictor-size 64: 1.4% of a layer, not 8%)
 #   tkdn0-t<R>                 tkd-t<R> with no predictor before layer 0 (--skim-first-layer false)
@@ -43,8 +45,10 @@ cmd() {
     dense-e1) echo "--method dense --model $MINILM --num-train-epochs 1" ;;
     dense-e2) echo "--method dense --model $MINILM --num-train-epochs 2" ;;
     densec-e2) echo "--method dense --model $OUT/dense-e1 --num-train-epochs 1" ;;
+    densec-e3) echo "--method dense --model $OUT/densec-e2 --num-train-epochs 1" ;;
     tk-t*) echo "--method transkimmer --model $MINILM --num-train-epochs 2 $BUDGET --gumbel-noise false $PAPER_TK --target-keep-ratio ${1#tk-t}" ;;
     tkd-t*) echo "--method transkimmer --model $OUT/dense-e1 --num-train-epochs 1 $BUDGET --gumbel-noise false $PAPER_TK --target-keep-ratio ${1#tkd-t}" ;;
+    tkdd-t*) echo "--method transkimmer --model $OUT/densec-e2 --num-train-epochs 1 $BUDGET --gumbel-noise false $PAPER_TK --target-keep-ratio ${1#tkdd-t}" ;;
     tkr-t*) echo "--method transkimmer --model $OUT/dense-e1 --num-train-epochs 1 --target-keep-ratio ${1#tkr-t} --skim-coefficient 1.0 --gumbel-noise false --skim-warmup-steps 40" ;;
     tkdp64n0s6-t*) echo "$(cmd tkdp64n0-t${1#tkdp64n0s6-t}) --selector-learning-rate 6e-3" ;;
     tkdn0-t*) echo "$(cmd tkd-t${1#tkdn0-t}) --skim-first-layer false" ;;
