@@ -54,15 +54,20 @@ def keep_rates(result: dict) -> str:
     return " ".join(f"{result[k]:.2f}" for k in layers) or "-"
 
 
+def budget_of(name: str) -> str:
+    """The kept-token budget in a run's name (`-t<R>` of run.sh's names, whatever follows: `mpr-t0.2-...-tau0.6`
+    is 0.2), or `-`."""
+    match = re.search(r"-t(\d[\d.]*)", name)
+    return match.group(1) if match else "-"
+
+
 def budget_runs(folder: str, runs: dict, base: str, base_label: str = "dense 2 ep.") -> str:
     """One row per run of results/budget_sst2/run.sh (`runs`: name -> label), against the dense run `base`."""
     base_accuracy = read(folder, "json", f"{base}.json")["accuracy"]
     rows = []
     for name, label in runs.items():
         r = read(folder, "json", f"{name}.json")
-        target = re.search(r"-t(\d[\d.]*)", name)  # the budget of run.sh's names, e.g. tkd-t0.3-s43
-        target = target.group(1) if target else "-"
-        rows.append([label, target, pct(r["accuracy"]), f"{100 * (r['accuracy'] - base_accuracy):+.2f}",
+        rows.append([label, budget_of(name), pct(r["accuracy"]), f"{100 * (r['accuracy'] - base_accuracy):+.2f}",
                      f"{r['kept_token_ratio']:.3f}", x(r["flops_ratio"]), keep_rates(r)])
     return table(["run", "target kept", "accuracy", f"change vs {base_label}", "kept-token ratio", "FLOPs ratio",
                   "keep rate per layer"], rows)

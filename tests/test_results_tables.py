@@ -26,3 +26,9 @@ def test_readme_holds_every_table_line_generated_from_the_json(experiment):
     generated = [line for line in printed if line.startswith("|")] or [line for line in printed if line]
     assert generated
     assert [line for line in generated if line not in readme] == []
+
+
+@pytest.mark.parametrize("name, budget", [("tkd-t0.3", "0.3"), ("tkd-t0.3-s43", "0.3"), ("densec-e2", "-"),
+                                          ("mpr-t0.18-f1-pfl-ft3-soft1-slr3e-2-exit5e-3-tau0.4", "0.18")])
+def test_the_target_column_reads_the_budget_of_a_run_name(name, budget):
+    assert TABLES.budget_of(name) == budget
