@@ -138,9 +138,10 @@ class SkimEncoder(nn.Module):
         )
 
     def run_layer_part(self, layer, part, *args):
-        """`part(*args)`, under activation checkpointing when `model.gradient_checkpointing_enable()` set it on
-        this layer (transformers sets `gradient_checkpointing` and `_gradient_checkpointing_func` on each
-        `BertLayer`, every n-th one with `every_n_layers`). The training loop calls the stock layer's parts itself,
+        """`part(*args)`, under activation checkpointing when `model.activation_checkpointing_enable()` (before
+        transformers 5.25: `gradient_checkpointing_enable()`) set it on this layer (transformers sets
+        `gradient_checkpointing` and `_gradient_checkpointing_func` on each `BertLayer`, every n-th one with
+        `every_n_layers`). The training loop calls the stock layer's parts itself,
         so it checkpoints them here; selectors stay outside, so a recompute never repeats a decision."""
         if not (layer.gradient_checkpointing and self.training and torch.is_grad_enabled()):
             return part(*args)
