@@ -121,12 +121,15 @@ def knob_sweep(*path) -> str:
     """Every setting `tokenskim calibrate` searched (its calibration.json): metric, kept ratio, FLOPs, keep rates."""
     sweep = read(*path)
     knob, rows = sweep["knob"], []
+    names = knob.split(",")  # two knobs searched together: their values as a list, "a / b" in the table
     for p in sorted(sweep["points"], key=lambda p: p["flops_ratio"]):
-        note = " (as trained)" if p[knob] == sweep["trained_value"] else ""
-        note += " (chosen)" if p[knob] == sweep["chosen"] else ""
-        rows.append([f"{p[knob]:.3g}{note}", pct(p["accuracy"]), f"{p['kept_token_ratio']:.3f}", x(p["flops_ratio"]),
+        value = [p[n] for n in names] if len(names) > 1 else p[knob]
+        note = " (as trained)" if value == sweep["trained_value"] else ""
+        note += " (chosen)" if value == sweep["chosen"] else ""
+        shown = " / ".join(f"{v:.3g}" for v in value) if len(names) > 1 else f"{value:.3g}"
+        rows.append([f"{shown}{note}", pct(p["accuracy"]), f"{p['kept_token_ratio']:.3f}", x(p["flops_ratio"]),
                      keep_rates(p)])
-    return table([knob, "accuracy", "kept-token ratio", "FLOPs ratio", "keep rate per layer"], rows)
+    return table([" / ".join(names), "accuracy", "kept-token ratio", "FLOPs ratio", "keep rate per layer"], rows)
 
 
 def sst2_full() -> str:
@@ -192,6 +195,26 @@ def ag_news_pyramid() -> str:
                              ("calibration_exit_threshold_mpr-t0.25-pfl-ft3-soft1-slr3e-2-exit5e-3.json",),
                              ("calibration_threshold_scale_mpr-t0.25-pfl-ft3-soft1-slr3e-2-exit5e-3.json",),
                              ("calibration_exit_threshold_mpr-t0.2-f1-pfl-ft3-soft1-slr3e-2-exit5e-3.json",))
+
+
+# ag_news_pyramid/holdout.sh: 1,000 training rows held out, both knobs calibrated together on them
+
+AG_NEWS_HOLDOUT_RUNS = {
+    "ho-dense-e1": "dense-e1 (1 epoch on the 5,080 rows left)",
+    "ho-densec-e2": "dense-e1 + 1 dense epoch",
+}
+for _run, _label in (("mpr-t0.2", "budget 0.2"), ("mpr-t0.2-s43", "budget 0.2, seed 43"), ("mpr-t0.25", "budget 0.25")):
+    AG_NEWS_HOLDOUT_RUNS.update({
+        f"ho-{_run}": f"Magic Pyramid, {_label}, min_kept_tokens 1 (as trained: tau 0.1)",
+        f"ho-{_run}-joint4x": "the same, both knobs calibrated together to 4x on the held-out rows",
+        f"ho-{_run}-exit4x": "the same, exit_threshold alone at 4x (the same search)",
+        f"ho-{_run}-scale4x": "the same, threshold_scale alone at 4x (no exits)",
+    })
+
+
+def ag_news_holdout() -> str:
+    """The runs only: each joint search (about 50 pairs) is in `calibration_joint_ho-*.json`, its curve in the PNG."""
+    return budget_runs("ag_news_pyramid", AG_NEWS_HOLDOUT_RUNS, "ho-densec-e2")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -363,6 +386,7 @@ def timed(folder: str) -> str:
 EXPERIMENTS = {
     "sst2_full": sst2_full,
     "ag_news_pyramid": ag_news_pyramid,
+    "ag_news_holdout": ag_news_holdout,
     "imdb_512": imdb_512,
     "budget_sst2": budget_sst2,
     "demo": demo,
@@ -377,6 +401,7 @@ EXPERIMENTS = {
     "sst2_full_timed_tk": lambda: timed("sst2_full/bench_tk_recipe"),
     "imdb_512_timed": lambda: "\n\n".join(timed(f"imdb_512/{folder}") for folder in ("bench", "bench_ltpr", "bench_tk_recipe")),
     "ag_news_pyramid_timed": lambda: timed("ag_news_pyramid/bench"),
+    "ag_news_holdout_timed": lambda: timed("ag_news_pyramid/bench_ho"),
     "imdb_512_synthetic": lambda: timed("bench_imdb_cpu/synthetic_minilm"),
 }
 

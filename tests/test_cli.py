@@ -244,6 +244,93 @@ def test_calibrate_search_finds_the_smallest_knob_that_reaches_the_target():
     assert search(evaluate, "threshold_scale", target_flops=100.0)[0] is None  # out of reach
 
 
+def test_calibrate_joint_search_picks_the_best_pair_that_reaches_the_target():
+    from tokenskim.trainers.calibrate import joint_search
+
+    def evaluate(scale, tau):  # both knobs save FLOPs; accuracy is best with a little of each
+        return {"flops_ratio": 1.0 + scale + 2 * tau, "accuracy": 1.0 - 0.1 * (scale - 1.5) ** 2 - 0.04 * tau}
+
+    chosen, points = joint_search(evaluate, ("threshold_scale", "exit_threshold"), 1.0, 3.0, "accuracy")
+    alone = [scale for (scale, tau), r in points if tau == 0.0 and r["flops_ratio"] >= 3.0]
+    assert min(alone) == pytest.approx(2.0, abs=0.03)  # pruning alone reaches 3x at scale 2
+    outers = sorted({scale for (scale, tau), _ in points if tau > 0})
+    assert outers == pytest.approx([1.0, 1.25, 1.5, 1.75], abs=0.01)  # from the trained value towards it
+    at = dict(points)
+    assert at[chosen]["flops_ratio"] >= 3.0 and chosen[0] == pytest.approx(1.5, abs=0.01)
+    # the best of the pairs that reach the target with the least exiting at each scale
+    reaching = {scale: min(t for (s2, t), r in points if s2 == scale and r["flops_ratio"] >= 3.0)
+                for scale in outers}
+    assert at[chosen]["accuracy"] == max(at[(s2, t)]["accuracy"] for s2, t in reaching.items())
+    assert joint_search(evaluate, ("threshold_scale", "exit_threshold"), 1.0, 100.0, "accuracy")[0] is None
+
+
+def test_hold_out_sets_aside_the_same_rows_whatever_the_seed():
+    import datasets
+
+    from tokenskim.trainers import data
+
+    ds = datasets.Dataset.from_dict({"i": list(range(100))})
+    rest, held = (list(part["i"]) for part in data.hold_out(ds, 20))
+    assert len(held) == 20 and len(rest) == 80 and sorted(held + rest) == list(range(100))
+    assert held == sorted(held) and held != list(range(20))  # seeded, in the original order
+    assert set(data.hold_out(ds, 10)[1]["i"]) < set(held)  # fewer held-out rows: a subset of these
+    assert data.hold_out(ds, None) == (ds, None)
+    with pytest.raises(data.UsageError, match="between 1 and 99"):
+        data.hold_out(ds, 100)
+
+
+def test_train_never_reads_the_held_out_rows(tiny_dir, tmp_path, monkeypatch):
+    import collections
+
+    from tokenskim.trainers import data, train
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def recipe(method, model, raw, *args, **kwargs):
+        seen["train"] = raw["train"]
+        raise Stop
+
+    monkeypatch.setattr(train, "train_recipe", recipe)
+    with pytest.raises(Stop):
+        command("train", ["--method", "dense", "--model", tiny_dir, *SST2, "--holdout-samples", "16",
+                          "--output-dir", str(tmp_path / "out")])
+    full = data.load_task(task="sst2", train_file=str(BUNDLED / "sst2_train_sample.tsv"),
+                          validation_file=str(BUNDLED / "sst2_dev.tsv"))[0]["train"]
+    held = data.hold_out(full, 16)[1]
+    rows = lambda ds: collections.Counter(zip(ds["sentence"], ds["label"]))  # noqa: E731
+    assert seen["train"].num_rows == full.num_rows - 16
+    assert rows(seen["train"]) + rows(held) == rows(full)
+
+
+def test_calibrate_joint_knobs_of_a_magic_pyramid_folder(tiny_dir, tmp_path):
+    """`--knob threshold_scale,exit_threshold` writes both chosen values into config.json."""
+    from tokenskim.modeling import MagicPyramidBertConfig, MagicPyramidBertForSequenceClassification
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "pyramid"
+    stock = json.loads((Path(tiny_dir) / "config.json").read_text())
+    fields = {k: v for k, v in stock.items() if k not in ("model_type", "architectures", "transformers_version")}
+    fields.update(initializer_range=0.3, final_threshold=0.1, exit_threshold=0.3)  # tokens pruned, rows exiting
+    config = MagicPyramidBertConfig(**fields)
+    torch.manual_seed(0)
+    MagicPyramidBertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(folder)
+    argv = ["--model", str(folder), *SST2, "--knob", "threshold_scale,exit_threshold", "--target-flops", "1.5",
+            "--calibration-split", "holdout", "--holdout-samples", "16", "--batch-size", "8",
+            "--max-length", "32", "--max-metric-drop", "1"]
+    assert command("calibrate", argv) == 0
+    record = json.loads((folder / "calibration.json").read_text())
+    scale, tau = record["chosen"]
+    saved = json.loads((folder / "config.json").read_text())
+    assert (saved["threshold_scale"], saved["exit_threshold"]) == (scale, tau)
+    point = next(p for p in record["points"] if (p["threshold_scale"], p["exit_threshold"]) == (scale, tau))
+    assert point["flops_ratio"] >= 1.5
+    assert (folder / "calibration.png").stat().st_size > 0
+
+
 def test_calibrate_writes_the_chosen_threshold_and_its_curve(trained, tmp_path):
     import shutil
 

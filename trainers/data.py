@@ -323,3 +323,20 @@ def subsample(ds: datasets.Dataset, n: int | None, seed: int = 42) -> datasets.D
     if n <= 0:
         raise UsageError(f"sample size must be positive, got {n}")
     return ds.shuffle(seed=seed).select(range(n))
+
+
+# the held-out rows depend on their number only (not on --seed), so train and calibrate agree without a record
+HOLDOUT_SEED = 0
+
+
+def hold_out(ds: datasets.Dataset, n: int | None) -> tuple:
+    """`(rest, held out)`: `n` seeded rows of `ds` set aside, e.g. for `tokenskim calibrate`, and the others (both
+    in their original order). A smaller `n` holds out a subset of a larger one's rows, so calibrating on up to `n`
+    of them never reads a row that training with `n` read. n None: `(ds, None)`."""
+    if n is None:
+        return ds, None
+    if not 0 < n < ds.num_rows:
+        raise UsageError(f"--holdout-samples must be between 1 and {ds.num_rows - 1} (the split's rows), got {n}")
+    order = torch.randperm(ds.num_rows, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    held = order[:n].sort().values.tolist()
+    return ds.select(order[n:].sort().values.tolist()), ds.select(held)

@@ -120,6 +120,9 @@ def add_arguments(parser):
     add_method_arguments(parser)
     add_data_arguments(parser)
     parser.add_argument("--max-train-samples", type=int, help="train on a seeded random subset of this many rows")
+    parser.add_argument("--holdout-samples", type=int,
+                        help="set this many seeded training rows aside, never trained on, for `tokenskim calibrate "
+                             "--calibration-split holdout` (the same rows whatever --seed; before --max-train-samples)")
     squad.add_arguments(parser)
     add_stage_arguments(parser)
     add_training_arguments(parser)
@@ -413,6 +416,7 @@ def run(args):
         text_columns=args.text_columns, label_column=args.label_column, problem_type=args.problem_type,
         article_split=args.article_split,
     )
+    raw["train"], _ = data.hold_out(raw["train"], args.holdout_samples)
     raw["train"] = data.subsample(raw["train"], args.max_train_samples, training_args.seed)
     raw["validation"] = data.subsample(raw["validation"], args.max_eval_samples, training_args.seed)
     records = train_recipe(
