@@ -4,7 +4,7 @@ The synthetic Transkimmer of `where_time_goes.py` (the recipe's predictors, fitt
 dev set at batch 32, arrival order. Each part is timed by wrapping it with `time.perf_counter` (the selector, the
 attention function, the packing functions, every `nn.Linear`, the stock layer's output blocks), so the parts
 overlap (the blocks contain their Linears) and the total is the pass's own time; the third of three rounds is
-printed.
+printed, then the number of ops a forward runs (`torch.profiler`).
 
     python results/sst2_engine_cpu/time_by_part.py
 """
@@ -64,6 +64,13 @@ def main():
                 parts = ", ".join(f"{part} {seconds * 1e3:.0f}" for part, seconds in spent.items())
                 print(f"{'skimming' if skim else 'engine off'}: pass {total * 1e3:.0f}; {parts}; not in a Linear "
                       f"{(total - spent['every Linear']) * 1e3:.0f}")
+    for skim in (False, True):
+        model.config.skim_enabled = skim
+        with torch.inference_mode(), torch.profiler.profile() as prof:
+            for b in batches:
+                model(**b.inputs)
+        ops = sum(e.count for e in prof.key_averages())
+        print(f"{'skimming' if skim else 'engine off'}: {ops / len(batches):.0f} ops a forward")
 
 
 if __name__ == "__main__":
