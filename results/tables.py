@@ -210,6 +210,10 @@ for _run, _label in (("mpr-t0.2", "budget 0.2"), ("mpr-t0.2-s43", "budget 0.2, s
         f"ho-{_run}-exit4x": "the same, exit_threshold alone at 4x (the same search)",
         f"ho-{_run}-scale4x": "the same, threshold_scale alone at 4x (no exits)",
     })
+AG_NEWS_HOLDOUT_RUNS.update({
+    "ho-mpr-t0.2-soft1e-5": "Magic Pyramid, budget 0.2, the soft stage's encoder at 1e-5 (its thresholds at 3e-2)",
+    "ho-mpr-t0.2-soft1e-5-joint4x": "the same, both knobs calibrated together to 4x on the held-out rows",
+})
 
 
 def ag_news_holdout() -> str:
