@@ -213,6 +213,9 @@ for _run, _label in (("mpr-t0.2", "budget 0.2"), ("mpr-t0.2-s43", "budget 0.2, s
 AG_NEWS_HOLDOUT_RUNS.update({
     "ho-mpr-t0.2-soft1e-5": "Magic Pyramid, budget 0.2, the soft stage's encoder at 1e-5 (its thresholds at 3e-2)",
     "ho-mpr-t0.2-soft1e-5-joint4x": "the same, both knobs calibrated together to 4x on the held-out rows",
+    "ho-mpr-t0.2-exit2": "Magic Pyramid, budget 0.2 (the first model), exit heads retrained 2 epochs",
+    "ho-mpr-t0.2-exit2-joint4x": "the same, both knobs calibrated together to 4x (the search chose no scaling)",
+    "ho-mpr-t0.2-exit2-scale4x": "the same, threshold_scale alone at 4x (no exits)",
 })
 
 
