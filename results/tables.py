@@ -203,20 +203,15 @@ AG_NEWS_HOLDOUT_RUNS = {
     "ho-dense-e1": "dense-e1 (1 epoch on the 5,080 rows left)",
     "ho-densec-e2": "dense-e1 + 1 dense epoch",
 }
-for _run, _label in (("mpr-t0.2", "budget 0.2"), ("mpr-t0.2-s43", "budget 0.2, seed 43"), ("mpr-t0.25", "budget 0.25")):
+for _run, _label in (("mpr-t0.2", "budget 0.2"), ("mpr-t0.2-s43", "budget 0.2, seed 43"), ("mpr-t0.25", "budget 0.25"),
+                     ("mpr-t0.2-soft1e-5", "budget 0.2, the soft stage's encoder at 1e-5 (its thresholds at 3e-2)"),
+                     ("mpr-t0.2-exit2", "budget 0.2 (the first model), exit heads retrained 2 epochs")):
     AG_NEWS_HOLDOUT_RUNS.update({
         f"ho-{_run}": f"Magic Pyramid, {_label}, min_kept_tokens 1 (as trained: tau 0.1)",
         f"ho-{_run}-joint4x": "the same, both knobs calibrated together to 4x on the held-out rows",
         f"ho-{_run}-exit4x": "the same, exit_threshold alone at 4x (the same search)",
         f"ho-{_run}-scale4x": "the same, threshold_scale alone at 4x (no exits)",
     })
-AG_NEWS_HOLDOUT_RUNS.update({
-    "ho-mpr-t0.2-soft1e-5": "Magic Pyramid, budget 0.2, the soft stage's encoder at 1e-5 (its thresholds at 3e-2)",
-    "ho-mpr-t0.2-soft1e-5-joint4x": "the same, both knobs calibrated together to 4x on the held-out rows",
-    "ho-mpr-t0.2-exit2": "Magic Pyramid, budget 0.2 (the first model), exit heads retrained 2 epochs",
-    "ho-mpr-t0.2-exit2-joint4x": "the same, both knobs calibrated together to 4x (the search chose no scaling)",
-    "ho-mpr-t0.2-exit2-scale4x": "the same, threshold_scale alone at 4x (no exits)",
-})
 
 
 def ag_news_holdout() -> str:

@@ -208,28 +208,29 @@ def run(args):
     check_model_fits_task(model.config, spec)
     max_length = args.max_length or default_max_length(tokenizer, model.config)
     metric = metrics.metric_names(spec.name, spec.is_regression, spec.num_labels)[0]
-    trained = tuple(getattr(model.config, name) for name in names)
+    joint = len(names) > 1
+    values_of = (lambda value: value) if joint else (lambda value: (value,))  # a knob value as a tuple of values
 
     def evaluate(*values):
         for name, value in zip(names, values):
             setattr(model.config, name, value)  # selectors read the live config
         results = evaluate_model(model, tokenizer, rows, spec, args.batch_size, max_length)
-        print(f"  {knob}={show(values if len(values) > 1 else values[0]):<10} {metric} {results[metric]:.4f}  "
+        print(f"  {knob}={show(values if joint else values[0]):<10} {metric} {results[metric]:.4f}  "
               f"flops_ratio {results['flops_ratio']:.2f}  kept {results['kept_token_ratio']:.3f}")
         return results
 
     print(f"calibrating {knob} of {folder} on {rows.num_rows} {args.calibration_split} rows for FLOPs ratio >= {args.target_flops}")
+    trained = tuple(getattr(model.config, name) for name in names)
+    trained_value = trained if joint else trained[0]
     trained_metric = evaluate(*trained)[metric]
-    if len(names) > 1:
+    if joint:
         chosen, points = joint_search(evaluate, names, float(trained[0]), args.target_flops, metric)
-        trained_value = trained
     else:
         chosen, points = search(evaluate, knob, args.target_flops)
-        trained_value = trained[0]
     record = {
         "knob": knob, "trained_value": trained_value, "trained_metric": trained_metric, "chosen": chosen,
         "target_flops": args.target_flops, "split": args.calibration_split, "rows": rows.num_rows, "metric": metric,
-        "points": [{**dict(zip(names, value if len(names) > 1 else (value,))), **results} for value, results in points],
+        "points": [{**dict(zip(names, values_of(value))), **results} for value, results in points],
     }
     (folder / CALIBRATION_FILE).write_text(json.dumps(record, indent=2) + "\n")
     plot = calibration_plot(points, knob, chosen, metric, args.target_flops, folder / "calibration.png")
@@ -247,7 +248,7 @@ def run(args):
     if not args.dry_run:  # only the knobs change: edit the file rather than re-serialise the config
         path = folder / "config.json"
         saved = json.loads(path.read_text())
-        saved.update(zip(names, chosen if len(names) > 1 else (chosen,)))
+        saved.update(zip(names, values_of(chosen)))
         path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     print(f"{knob} = {show(chosen)} (trained with {show(trained_value)})"
           + ("" if args.dry_run else f", written to {folder / 'config.json'}") + f"; curve: {plot}")

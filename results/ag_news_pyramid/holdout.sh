@@ -10,11 +10,20 @@ export HF_HUB_OFFLINE=1
 # the settings of the floor-1 runs of this folder (layer 0 may prune, soft stage 1 epoch, exit heads 1 epoch at 5e-3)
 F="--prune-first-layer true --final-threshold 3.0 --stage-epochs 1,1,0.5,1 --selector-learning-rate 3e-2
    --stage-learning-rates 5e-5,5e-5,5e-5,5e-3 --min-kept-tokens 1"
-MODELS="$OUT/mpr-t0.2 $OUT/mpr-t0.25 ${OUT}_s43/mpr-t0.2"
+# the variants of budget 0.2, each in OUT_<variant>: another seed, the soft stage's encoder at 1e-5, and the first
+# model's exit heads retrained 2 epochs (its pruning stages copied, so only the exit-heads stage trains)
+MODELS="$OUT/mpr-t0.2 $OUT/mpr-t0.25 ${OUT}_s43/mpr-t0.2 ${OUT}_soft/mpr-t0.2 ${OUT}_exit2/mpr-t0.2"
 
-name() {  # runs/ag_news_ho_s43/mpr-t0.2 -> ho-mpr-t0.2-s43
-  local run=${1##*/} suffix=; [[ $1 == *_s43/* ]] && suffix=-s43
-  echo "ho-$run$suffix"
+name() {  # runs/ag_news_ho/mpr-t0.2 -> ho-mpr-t0.2, runs/ag_news_ho_s43/mpr-t0.2 -> ho-mpr-t0.2-s43
+  local run=${1##*/} variant=${1%/*}; variant=${variant#"$OUT"}
+  case $variant in _soft) variant=_soft1e-5 ;; esac
+  echo "ho-$run${variant/_/-}"
+}
+
+variant() {  # variant NAME EXTRA...: OUT_NAME with dense-e1 linked in, mpr-t0.2 trained there with the EXTRA flags
+  local out=${OUT}_$1; shift
+  mkdir -p "$out" && ln -sfn "$PWD/$OUT/dense-e1" "$out/dense-e1"
+  OUT=$out EXTRA="--holdout-samples 1000 $F $*" "$HERE/run.sh" mpr-t0.2
 }
 
 at() {  # at MODEL SCALE TAU LABEL: evaluate a copy of MODEL with both knobs set -> json/NAME-LABEL.json
@@ -28,7 +37,12 @@ config.update(threshold_scale=scale, exit_threshold=tau)
 json.dump(config, open(path, "w"), indent=2, sort_keys=True)
 PY
   tokenskim evaluate --model "$copy" --task ag_news --max-length 128 --output-dir "$copy/eval" > /dev/null
-  cp "$copy/eval/eval_results.json" "$HERE/json/$(name "$1")-$4.json"
+  python - "$copy/eval/eval_results.json" "$HERE/json/$(name "$1")-$4.json" "$1 at $2 / $3" <<'PY'
+import json, sys
+record = json.load(open(sys.argv[1]))
+record["model"] = sys.argv[3]  # the model and its two knobs, not the temporary copy's path
+json.dump(record, open(sys.argv[2], "w"), indent=2)
+PY
   rm -rf "$copy"
 }
 
@@ -37,12 +51,15 @@ case "${1:-}" in
     OUT=$OUT EXTRA="--holdout-samples 1000" "$HERE/run.sh" dense-e1
     OUT=$OUT EXTRA="--holdout-samples 1000 $F" "$HERE/run.sh" mpr-t0.2 mpr-t0.25
     OUT=$OUT EXTRA="--holdout-samples 1000" "$HERE/run.sh" densec-e2
-    mkdir -p "${OUT}_s43" && ln -sfn "$PWD/$OUT/dense-e1" "${OUT}_s43/dense-e1"
-    OUT=${OUT}_s43 EXTRA="--holdout-samples 1000 --seed 43 $F" "$HERE/run.sh" mpr-t0.2
+    variant s43 --seed 43
+    variant soft --stage-learning-rates 5e-5,1e-5,5e-5,5e-3
+    mkdir -p "${OUT}_exit2/mpr-t0.2" && cp -r "$OUT/mpr-t0.2/stage-2-soft-pruning" "$OUT/mpr-t0.2/stage-3-hard-pruning" \
+        "${OUT}_exit2/mpr-t0.2/"
+    variant exit2 --stage-epochs 1,1,0.5,2
     ;;
   calibrate)  # on a copy of each model (--dry-run: the config stays), its calibration.json into this folder
     for m in $MODELS; do
-      cp -r "$m" "$m-joint"
+      rm -rf "$m-joint" && cp -r "$m" "$m-joint"
       tokenskim calibrate --model "$m-joint" --task ag_news --max-length 128 --knob threshold_scale,exit_threshold \
           --target-flops 4.0 --calibration-split holdout --holdout-samples 1000 --dry-run
       cp "$m-joint/calibration.json" "$HERE/calibration_joint_$(name "$m").json"
