@@ -202,10 +202,17 @@ def ag_news_pyramid() -> str:
 AG_NEWS_HOLDOUT_RUNS = {
     "ho-dense-e1": "dense-e1 (1 epoch on the 5,080 rows left)",
     "ho-densec-e2": "dense-e1 + 1 dense epoch",
+    "ho-densec-e3": "dense-e1 + 2 dense epochs (the control of the run from densec-e2)",
 }
 for _run, _label in (("mpr-t0.2", "budget 0.2"), ("mpr-t0.2-s43", "budget 0.2, seed 43"), ("mpr-t0.25", "budget 0.25"),
                      ("mpr-t0.2-soft1e-5", "budget 0.2, the soft stage's encoder at 1e-5 (its thresholds at 3e-2)"),
-                     ("mpr-t0.2-exit2", "budget 0.2 (the first model), exit heads retrained 2 epochs")):
+                     ("mpr-t0.2-exit2", "budget 0.2 (the first model), exit heads retrained 2 epochs"),
+                     ("mpr-t0.2-kd", "budget 0.2, the pruning stages distilling densec-e2 (alpha 0.5, T 1)"),
+                     ("mpr-t0.2-kd-s43", "budget 0.2, distilling densec-e2, seed 43"),
+                     ("mpr-t0.15-kd", "budget 0.15, distilling densec-e2"),
+                     ("mpr-t0.2-hard2", "budget 0.2, hard stage 1.5 epochs"),
+                     ("mpr-t0.2-kdhard2", "budget 0.2, distilling densec-e2, hard stage 1.5 epochs"),
+                     ("mpr-t0.2-from2", "budget 0.2, from densec-e2 (its control: densec-e3)")):
     AG_NEWS_HOLDOUT_RUNS.update({
         f"ho-{_run}": f"Magic Pyramid, {_label}, min_kept_tokens 1 (as trained: tau 0.1)",
         f"ho-{_run}-joint4x": "the same, both knobs calibrated together to 4x on the held-out rows",

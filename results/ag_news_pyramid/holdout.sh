@@ -2,7 +2,9 @@
 # Magic Pyramid on AG News with 1,000 training rows held out (never trained on), and both inference knobs
 # (threshold_scale, exit_threshold) calibrated to 4x FLOPs on them; each chosen pair, and each knob alone at 4x,
 # then evaluated on the 1,520 evaluation rows. See README.md in this folder.
-# Usage: OUT=runs/ag_news_ho results/ag_news_pyramid/holdout.sh train | calibrate | evaluate
+# Usage: OUT=runs/ag_news_ho results/ag_news_pyramid/holdout.sh train | calibrate | evaluate [RUN...]
+#   RUN: dense-e1 densec-e2 densec-e3 (train only) mpr-t0.2 mpr-t0.25 s43 soft exit2 kd kd-s43 kd-t0.15 hard2
+#   kdhard2 from2; default: all, in order
 set -euo pipefail
 OUT=${OUT:-runs/ag_news_ho}
 HERE=$(dirname "$0")
@@ -10,9 +12,21 @@ export HF_HUB_OFFLINE=1
 # the settings of the floor-1 runs of this folder (layer 0 may prune, soft stage 1 epoch, exit heads 1 epoch at 5e-3)
 F="--prune-first-layer true --final-threshold 3.0 --stage-epochs 1,1,0.5,1 --selector-learning-rate 3e-2
    --stage-learning-rates 5e-5,5e-5,5e-5,5e-3 --min-kept-tokens 1"
-# the variants of budget 0.2, each in OUT_<variant>: another seed, the soft stage's encoder at 1e-5, and the first
-# model's exit heads retrained 2 epochs (its pruning stages copied, so only the exit-heads stage trains)
-MODELS="$OUT/mpr-t0.2 $OUT/mpr-t0.25 ${OUT}_s43/mpr-t0.2 ${OUT}_soft/mpr-t0.2 ${OUT}_exit2/mpr-t0.2"
+# the variants of budget 0.2, each in OUT_<variant>: another seed, the soft stage's encoder at 1e-5, the first
+# model's exit heads retrained 2 epochs (its pruning stages copied, so only the exit-heads stage trains), the
+# pruning stages distilling the dense control's predictions (kd; kd-s43 with seed 43; kd-t0.15 at budget 0.15), a
+# hard stage of 1.5 epochs instead of 0.5 (hard2; kdhard2 distilling too), and the pruning stages from the 2-epoch
+# dense model (from2: densec-e2; its control densec-e3)
+DENSE="dense-e1 densec-e2 densec-e3"
+MAGIC="mpr-t0.2 mpr-t0.25 s43 soft exit2 kd kd-s43 kd-t0.15 hard2 kdhard2 from2"
+
+folder() {  # folder RUN: the folder of a run of this series
+  case $1 in
+    dense-e*|densec-e*|mpr-t*) echo "$OUT/$1" ;;
+    *-t*) echo "${OUT}_${1%%-t*}/mpr-t${1#*-t}" ;;  # kd-t0.15 -> OUT_kd/mpr-t0.15
+    *) echo "${OUT}_$1/mpr-t0.2" ;;
+  esac
+}
 
 name() {  # runs/ag_news_ho/mpr-t0.2 -> ho-mpr-t0.2, runs/ag_news_ho_s43/mpr-t0.2 -> ho-mpr-t0.2-s43
   local run=${1##*/} variant=${1%/*}; variant=${variant#"$OUT"}
@@ -20,10 +34,10 @@ name() {  # runs/ag_news_ho/mpr-t0.2 -> ho-mpr-t0.2, runs/ag_news_ho_s43/mpr-t0.
   echo "ho-$run${variant/_/-}"
 }
 
-variant() {  # variant NAME EXTRA...: OUT_NAME with dense-e1 linked in, mpr-t0.2 trained there with the EXTRA flags
-  local out=${OUT}_$1; shift
+variant() {  # variant NAME RUN EXTRA...: OUT_NAME with dense-e1 linked in, RUN trained there with the EXTRA flags
+  local out=${OUT}_$1 run=$2; shift 2
   mkdir -p "$out" && ln -sfn "$PWD/$OUT/dense-e1" "$out/dense-e1"
-  OUT=$out EXTRA="--holdout-samples 1000 $F $*" "$HERE/run.sh" mpr-t0.2
+  OUT=$out EXTRA="--holdout-samples 1000 $F $*" "$HERE/run.sh" "$run"
 }
 
 at() {  # at MODEL SCALE TAU LABEL: evaluate a copy of MODEL with both knobs set -> json/NAME-LABEL.json
@@ -46,19 +60,34 @@ PY
   rm -rf "$copy"
 }
 
-case "${1:-}" in
-  train)
-    OUT=$OUT EXTRA="--holdout-samples 1000" "$HERE/run.sh" dense-e1
-    OUT=$OUT EXTRA="--holdout-samples 1000 $F" "$HERE/run.sh" mpr-t0.2 mpr-t0.25
-    OUT=$OUT EXTRA="--holdout-samples 1000" "$HERE/run.sh" densec-e2
-    variant s43 --seed 43
-    variant soft --stage-learning-rates 5e-5,1e-5,5e-5,5e-3
-    mkdir -p "${OUT}_exit2/mpr-t0.2" && cp -r "$OUT/mpr-t0.2/stage-2-soft-pruning" "$OUT/mpr-t0.2/stage-3-hard-pruning" \
-        "${OUT}_exit2/mpr-t0.2/"
-    variant exit2 --stage-epochs 1,1,0.5,2
+train() {  # train RUN
+  case $1 in
+    dense-e1|densec-e2|densec-e3) OUT=$OUT EXTRA="--holdout-samples 1000" "$HERE/run.sh" "$1" ;;
+    mpr-t0.2|mpr-t0.25) OUT=$OUT EXTRA="--holdout-samples 1000 $F" "$HERE/run.sh" "$1" ;;
+    s43) variant s43 mpr-t0.2 --seed 43 ;;
+    soft) variant soft mpr-t0.2 --stage-learning-rates 5e-5,1e-5,5e-5,5e-3 ;;
+    exit2)
+      mkdir -p "${OUT}_exit2/mpr-t0.2" && cp -r "$OUT/mpr-t0.2/stage-2-soft-pruning" \
+          "$OUT/mpr-t0.2/stage-3-hard-pruning" "${OUT}_exit2/mpr-t0.2/"
+      variant exit2 mpr-t0.2 --stage-epochs 1,1,0.5,2 ;;
+    kd) variant kd mpr-t0.2 --distill-from "$PWD/$OUT/densec-e2" ;;
+    kd-t*) variant kd "mpr-t${1#kd-t}" --distill-from "$PWD/$OUT/densec-e2" ;;
+    kd-s43) variant kd-s43 mpr-t0.2 --distill-from "$PWD/$OUT/densec-e2" --seed 43 ;;
+    hard2) variant hard2 mpr-t0.2 --stage-epochs 1,1,1.5,1 ;;
+    kdhard2) variant kdhard2 mpr-t0.2 --distill-from "$PWD/$OUT/densec-e2" --stage-epochs 1,1,1.5,1 ;;
+    from2) variant from2 mpr-t0.2 --finetuned "$PWD/$OUT/densec-e2" ;;
+    *) echo "unknown run $1" >&2; exit 2 ;;
+  esac
+}
+
+step=${1:-}; shift || true
+case $step in
+  train)  # dense-e1 first, densec-e2 before the runs that distill it
+    for run in ${@:-$DENSE $MAGIC}; do train "$run"; done
     ;;
   calibrate)  # on a copy of each model (--dry-run: the config stays), its calibration.json into this folder
-    for m in $MODELS; do
+    for run in ${@:-$MAGIC}; do
+      m=$(folder "$run")
       rm -rf "$m-joint" && cp -r "$m" "$m-joint"
       tokenskim calibrate --model "$m-joint" --task ag_news --max-length 128 --knob threshold_scale,exit_threshold \
           --target-flops 4.0 --calibration-split holdout --holdout-samples 1000 --dry-run
@@ -66,10 +95,10 @@ case "${1:-}" in
     done
     ;;
   evaluate)  # as trained, the chosen pair, and each knob alone at its 4x point of the same search
-    for m in $OUT/dense-e1 $OUT/densec-e2 $MODELS; do
+    for run in ${@:-$DENSE $MAGIC}; do
+      m=$(folder "$run")
       cp "$m/eval_results.json" "$HERE/json/$(name "$m").json"
-    done
-    for m in $MODELS; do
+      case " $DENSE " in *" $run "*) continue ;; esac
       read -r joint exit prune < <(python - "$HERE/calibration_joint_$(name "$m").json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -85,5 +114,5 @@ PY
       at "$m" "${prune%/*}" "${prune#*/}" scale4x
     done
     ;;
-  *) echo "usage: OUT=runs/ag_news_ho $0 train | calibrate | evaluate" >&2; exit 2 ;;
+  *) echo "usage: OUT=runs/ag_news_ho $0 train | calibrate | evaluate [RUN...]" >&2; exit 2 ;;
 esac

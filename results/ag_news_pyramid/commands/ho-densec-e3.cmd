@@ -1,0 +1,1 @@
+tokenskim train --method dense --model runs/ag_news_ho/densec-e2 --num-train-epochs 1 --task ag_news --max-length 128 --learning-rate 5e-5 --disable-tqdm true --report-to none --seed 42 --save-strategy no --eval-strategy no --logging-steps 25 --train-sampling-strategy group_by_length --holdout-samples 1000 --output-dir runs/ag_news_ho/densec-e3
