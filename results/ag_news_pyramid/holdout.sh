@@ -60,6 +60,7 @@ PY
   rm -rf "$copy"
 }
 
+KD="--distill-from $PWD/$OUT/densec-e2"  # the dense control as teacher
 train() {  # train RUN
   case $1 in
     dense-e1|densec-e2|densec-e3) OUT=$OUT EXTRA="--holdout-samples 1000" "$HERE/run.sh" "$1" ;;
@@ -70,11 +71,11 @@ train() {  # train RUN
       mkdir -p "${OUT}_exit2/mpr-t0.2" && cp -r "$OUT/mpr-t0.2/stage-2-soft-pruning" \
           "$OUT/mpr-t0.2/stage-3-hard-pruning" "${OUT}_exit2/mpr-t0.2/"
       variant exit2 mpr-t0.2 --stage-epochs 1,1,0.5,2 ;;
-    kd) variant kd mpr-t0.2 --distill-from "$PWD/$OUT/densec-e2" ;;
-    kd-t*) variant kd "mpr-t${1#kd-t}" --distill-from "$PWD/$OUT/densec-e2" ;;
-    kd-s43) variant kd-s43 mpr-t0.2 --distill-from "$PWD/$OUT/densec-e2" --seed 43 ;;
+    kd) variant kd mpr-t0.2 $KD ;;
+    kd-t*) variant kd "mpr-t${1#kd-t}" $KD ;;
+    kd-s43) variant kd-s43 mpr-t0.2 $KD --seed 43 ;;
     hard2) variant hard2 mpr-t0.2 --stage-epochs 1,1,1.5,1 ;;
-    kdhard2) variant kdhard2 mpr-t0.2 --distill-from "$PWD/$OUT/densec-e2" --stage-epochs 1,1,1.5,1 ;;
+    kdhard2) variant kdhard2 mpr-t0.2 $KD --stage-epochs 1,1,1.5,1 ;;
     from2) variant from2 mpr-t0.2 --finetuned "$PWD/$OUT/densec-e2" ;;
     *) echo "unknown run $1" >&2; exit 2 ;;
   esac
